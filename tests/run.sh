@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The whole test run: what `make test` and CI execute.
+#   tests/run.sh            everything: engine + images, lint, unit/integration, all scenarios
+#   tests/run.sh lint|unit  one part
+#   tests/run.sh molecule [scenario...]   scenarios only (default: all)
+# Ends with one summary line: "summary: N passed, N failed[, N skipped]".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+export PATH="$ROOT/.venv/bin:$PATH"
+export ANSIBLE_CONFIG="$ROOT/ansible.cfg" PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+LOGDIR="${DIFY_TEST_LOGDIR:-$ROOT/.cache/test-logs}"
+mkdir -p "$LOGDIR"
+
+passed=0 failed=0 skipped=0
+results=()
+record() {  # name status seconds [note]
+  results+=("$(printf '%-34s %-7s %5ss %s' "$1" "$2" "$3" "${4:-}")")
+  case "$2" in PASS) passed=$((passed + 1)) ;; FAIL) failed=$((failed + 1)) ;; SKIP) skipped=$((skipped + 1)) ;; esac
+}
+step() {  # name command... ; output to a log, printed in full when the step fails
+  local name=$1 log="$LOGDIR/$1.log" start rc
+  shift
+  start=$(date +%s)
+  echo "== $name"
+  "$@" >"$log" 2>&1
+  rc=$?
+  local secs=$(($(date +%s) - start))
+  if [[ $rc -eq 0 ]]; then
+    record "$name" PASS "$secs"; tail -n 3 "$log" | sed 's/^/   /'
+  else
+    record "$name" FAIL "$secs" "(log: $log)"; echo "-- $name failed (rc=$rc); last lines:"; tail -n 80 "$log"
+  fi
+  echo "== $name: $([[ $rc -eq 0 ]] && echo passed || echo FAILED) in ${secs}s"
+}
+
+prepare_host() {
+  scripts/ensure-test-tools.sh || return 1
+  scripts/ensure-docker.sh || return 1
+  tests/images/build.sh
+}
+
+run_lint() {
+  yamllint -s . && ansible-lint --offline -q
+}
+
+run_unit() {
+  local dirs=(); for d in tests/unit tests/integration; do [[ -d $d ]] && dirs+=("$d"); done
+  python -m pytest -q -p no:cacheprovider "${dirs[@]}"
+  local rc=$?
+  [[ $rc -eq 5 ]] && { echo "no tests were collected"; return 1; }
+  return $rc
+}
+
+scenarios() {
+  local all=() s
+  for s in molecule/*/molecule.yml; do
+    s=$(basename "$(dirname "$s")")
+    [[ $s == _* || $s == shared || $s == default ]] && continue
+    all+=("$s")
+  done
+  [[ -f molecule/default/molecule.yml ]] && all+=(default)
+  echo "${all[@]}"
+}
+
+run_scenario() {
+  local s=$1 image
+  if [[ -f "molecule/$s/requires" ]]; then
+    while read -r image; do
+      [[ -z $image ]] && continue
+      if ! docker image inspect "$image" >/dev/null 2>&1; then
+        echo "== molecule:$s skipped: image $image was not built (see tests/images/build.sh output)"
+        record "molecule:$s" SKIP 0 "(no $image)"
+        return 0
+      fi
+    done <"molecule/$s/requires"
+  fi
+  step "molecule:$s" molecule test -s "$s"
+}
+
+summary() {
+  echo
+  echo "== results"
+  printf '%s\n' "${results[@]}"
+  local line="summary: $passed passed, $failed failed"
+  [[ $skipped -gt 0 ]] && line+=", $skipped skipped"
+  echo "$line"
+  [[ $failed -eq 0 ]]
+}
+
+what=${1:-all}
+[[ $# -gt 0 ]] && shift
+case "$what" in
+  all)
+    step host-prepare prepare_host
+    step lint run_lint
+    step unit run_unit
+    if [[ $failed -eq 0 || ${DIFY_TEST_KEEP_GOING:-1} == 1 ]]; then
+      for s in $(scenarios); do run_scenario "$s"; done
+    fi
+    ;;
+  lint) step lint run_lint ;;
+  unit) step unit run_unit ;;
+  molecule)
+    step host-prepare prepare_host
+    if [[ $# -gt 0 ]]; then list=("$@"); else read -r -a list <<<"$(scenarios)"; fi
+    for s in "${list[@]}"; do run_scenario "$s"; done
+    ;;
+  *) echo "usage: tests/run.sh [all|lint|unit|molecule [scenario...]]" >&2; exit 2 ;;
+esac
+summary
