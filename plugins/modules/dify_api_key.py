@@ -1,0 +1,168 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: dify_api_key
+short_description: Keep one API key of a Dify app, or a workspace dataset key, without minting a new one every run
+description:
+  - Lists the keys (C(GET /console/api/apps/{id}/api-keys) or C(GET /console/api/datasets/api-keys)).
+  - With state=present it returns, in this order, the key given as O(token) when Dify still has it, else (with
+    O(reuse_existing)) the oldest existing key, else a new key (C(POST)). So repeated runs do not create keys.
+  - O(rotate=true) creates a new key and deletes every other key of the resource.
+  - state=absent deletes O(token), or every key of the resource when O(token) is not given.
+extends_documentation_fragment: [dify]
+options:
+  kind:
+    description: C(app) for an app's service API key, C(dataset) for the workspace's knowledge (dataset) API key.
+    type: str
+    choices: [app, dataset]
+    default: app
+  app_id:
+    description: Id of the app (kind=app); or use O(app_name).
+    type: str
+  app_name:
+    description: Exact name of the app (kind=app).
+    type: str
+  token:
+    description: The key the caller stored from an earlier run.
+    type: str
+  reuse_existing:
+    description: Return an existing key instead of creating one when O(token) is not known to Dify.
+    type: bool
+    default: true
+  rotate:
+    description: Create a new key and delete all others.
+    type: bool
+    default: false
+  state:
+    description: Whether the key should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - Check mode and diff are supported. Register the result in a task with C(no_log) set, it holds the key.
+  - When O(token) is returned unchanged, Ansible masks it in the result (it is a no_log input); use the value you passed.
+author: Dify deployment project
+"""
+
+EXAMPLES = r"""
+- name: API key of the Assistant app
+  dify_api_key:
+    url: http://127.0.0.1:8080
+    admin_email: admin@example.com
+    admin_password: "{{ dify_admin_password }}"
+    app_name: Assistant
+    token: "{{ stored_key | default(omit) }}"
+  register: app_key
+  no_log: true
+"""
+
+RETURN = r"""
+token:
+  description: The key (masked by Ansible when it equals the O(token) input).
+  returned: when state=present and not in check mode before creation
+  type: str
+token_source:
+  description: C(input) (O(token) is valid), C(existing) (another existing key), C(created), or C(none).
+  returned: always
+  type: str
+key_id:
+  description: Id of the key in Dify.
+  returned: when a key is returned
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.dify_client import (
+    CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs, run_module,
+)
+
+
+def resource_path(module, client):
+    p = module.params
+    if p["kind"] == "dataset":
+        return CONSOLE + "/datasets/api-keys", "datasets"
+    app_id = p["app_id"]
+    if not app_id:
+        data = client.request("GET", CONSOLE + "/apps", query={"page": 1, "limit": 100, "name": p["app_name"]})
+        matches = [a for a in data.get("data") or [] if a.get("name") == p["app_name"]]
+        if len(matches) != 1:
+            if not matches and module.check_mode:
+                return None, "app %r (not created yet)" % p["app_name"]
+            raise DifyError("app_name: %d apps are named %r" % (len(matches), p["app_name"]))
+        app_id = matches[0]["id"]
+    return CONSOLE + "/apps/%s/api-keys" % app_id, "app %s" % app_id
+
+
+def ensure(module, client):
+    p = module.params
+    path, label = resource_path(module, client)
+    result = dict(changed=False, token_source="none")
+    if path is None:  # check mode, app missing
+        result.update(changed=p["state"] == "present")
+        return result
+    keys = client.request("GET", path).get("data") or []
+    mine = [k for k in keys if p["token"] and k.get("token") == p["token"]]
+    if p["state"] == "absent":
+        doomed = mine if p["token"] else keys
+        if doomed:
+            result.update(changed=True, deleted=len(doomed),
+                          diff=dict(before={"keys": len(keys)}, after={"keys": len(keys) - len(doomed)}))
+            if not module.check_mode:
+                for key in doomed:
+                    client.request("DELETE", "%s/%s" % (path, key["id"]))
+        return result
+    if not p["rotate"]:
+        pick, source = None, None
+        if mine:
+            pick, source = mine[0], "input"
+        elif p["reuse_existing"] and keys:
+            pick, source = sorted(keys, key=lambda k: k.get("created_at") or 0)[0], "existing"
+        if pick:
+            result.update(token=pick["token"], key_id=pick["id"], token_source=source)
+            return result
+    result.update(changed=True, token_source="created",
+                  diff=dict(before={"keys": len(keys)}, after={"keys": 1 if p["rotate"] else len(keys) + 1}))
+    if module.check_mode:
+        return result
+    if len(keys) >= 10 and not p["rotate"]:
+        raise DifyError("%s already has 10 API keys (Dify's limit); delete some or use rotate=true" % label)
+    if p["rotate"] and len(keys) >= 10:  # make room first
+        client.request("DELETE", "%s/%s" % (path, keys[0]["id"]))
+        keys = keys[1:]
+    new = client.request("POST", path)
+    if p["rotate"]:
+        for key in keys:
+            client.request("DELETE", "%s/%s" % (path, key["id"]))
+        result["deleted"] = len(keys)
+    result.update(token=new["token"], key_id=new["id"])
+    return result
+
+
+def main():
+    spec = dify_argument_spec()
+    spec.update(
+        kind=dict(type="str", choices=["app", "dataset"], default="app"),
+        app_id=dict(type="str"),
+        app_name=dict(type="str"),
+        token=dict(type="str", no_log=True),
+        reuse_existing=dict(type="bool", default=True),
+        rotate=dict(type="bool", default=False),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+    )
+    kwargs = dify_module_kwargs()
+    kwargs["mutually_exclusive"] = [("app_id", "app_name")]
+    module = AnsibleModule(argument_spec=spec, **kwargs)
+    p = module.params
+    if p["kind"] == "app" and not (p["app_id"] or p["app_name"]):
+        module.fail_json(msg="app_id or app_name: one is required with kind=app")
+    run_module(module, lambda client: ensure(module, client))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: dify_dataset
+short_description: Manage a Dify knowledge base (dataset) with its embedding model and retrieval settings
+description:
+  - Uses Dify's service API with a workspace dataset key (C(dataset-...)).
+  - Finds the dataset by exact name (C(GET /v1/datasets?keyword=)), creates it (C(POST /v1/datasets)),
+    updates embedding model, retrieval settings and description when they differ (C(PATCH /v1/datasets/{id})),
+    or deletes it (C(DELETE /v1/datasets/{id})).
+  - Without O(dataset_api_key) the module logs in to the console and uses the workspace's first dataset key,
+    creating one when there is none.
+extends_documentation_fragment: [dify]
+options:
+  name:
+    description: Dataset name, unique in the workspace, 1 to 40 characters.
+    type: str
+    required: true
+  description:
+    description: Description of the dataset.
+    type: str
+    default: ''
+  dataset_api_key:
+    description: A workspace dataset API key (C(dataset-...)); see M(dify_api_key) with O(dify_api_key#module:kind=dataset).
+    type: str
+  indexing_technique:
+    description: C(high_quality) (embeddings) or C(economy) (keywords only).
+    type: str
+    choices: [high_quality, economy]
+    default: high_quality
+  embedding_model:
+    description: Embedding model name (required with C(high_quality)).
+    type: str
+  embedding_model_provider:
+    description: Full provider id of the embedding model.
+    type: str
+  search_method:
+    description: Retrieval method.
+    type: str
+    choices: [hybrid_search, semantic_search, full_text_search]
+    default: hybrid_search
+  top_k:
+    description: Chunks retrieved per query.
+    type: int
+    default: 5
+  reranking_model:
+    description: Rerank model name; enables reranking.
+    type: str
+  reranking_provider:
+    description: Full provider id of the rerank model.
+    type: str
+  score_threshold:
+    description: Minimum score of a retrieved chunk; unset disables the threshold.
+    type: float
+  state:
+    description: Whether the dataset should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - Check mode and diff are supported.
+author: Dify deployment project
+"""
+
+EXAMPLES = r"""
+- name: Knowledge base with hybrid search and reranking
+  dify_dataset:
+    url: http://127.0.0.1:8080
+    admin_email: admin@example.com
+    admin_password: "{{ dify_admin_password }}"
+    dataset_api_key: "{{ dataset_key }}"
+    name: Handbook
+    embedding_model: bge-m3
+    embedding_model_provider: langgenius/openai_api_compatible/openai_api_compatible
+    reranking_model: bge-reranker
+    reranking_provider: langgenius/openai_api_compatible/openai_api_compatible
+"""
+
+RETURN = r"""
+dataset:
+  description: The dataset as Dify returns it (empty when absent or in check mode before creation).
+  returned: always
+  type: dict
+id:
+  description: Dataset id (empty when it does not exist).
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.dify_client import (
+    CONSOLE, dify_argument_spec, dify_module_kwargs, run_module,
+)
+
+NAME_MAX = 40
+
+
+def dataset_key(module, client):
+    """The dataset key to use: given, or the workspace's first, or a new one (None in check mode)."""
+    if module.params["dataset_api_key"]:
+        return module.params["dataset_api_key"], False
+    keys = client.request("GET", CONSOLE + "/datasets/api-keys").get("data") or []
+    if keys:
+        return keys[0]["token"], False
+    if module.check_mode:
+        return None, False
+    return client.request("POST", CONSOLE + "/datasets/api-keys")["token"], True
+
+
+def find(client, key, name):
+    page = 1
+    while True:
+        data = client.service_request("GET", "/v1/datasets", key,
+                                      query={"keyword": name, "page": page, "limit": 100})
+        for item in data.get("data") or []:
+            if item.get("name") == name:
+                return item
+        if not data.get("has_more"):
+            return None
+        page += 1
+
+
+def wanted_retrieval(p):
+    rerank = bool(p["reranking_model"])
+    out = {
+        "search_method": p["search_method"],
+        "reranking_enable": rerank,
+        "top_k": p["top_k"],
+        "score_threshold_enabled": p["score_threshold"] is not None,
+        "score_threshold": p["score_threshold"],
+    }
+    if rerank:
+        out["reranking_mode"] = "reranking_model"
+        out["reranking_model"] = {"reranking_provider_name": p["reranking_provider"],
+                                  "reranking_model_name": p["reranking_model"]}
+    return out
+
+
+def summary(ds):
+    """The managed fields of a dataset as Dify returns it."""
+    rm = ds.get("retrieval_model_dict") or ds.get("retrieval_model") or {}
+    rr = rm.get("reranking_model") or {}
+    return {
+        "name": ds.get("name"),
+        "description": ds.get("description") or "",
+        "indexing_technique": ds.get("indexing_technique"),
+        "embedding_model": ds.get("embedding_model"),
+        "embedding_model_provider": ds.get("embedding_model_provider"),
+        "search_method": rm.get("search_method"),
+        "top_k": rm.get("top_k"),
+        "reranking_model": rr.get("reranking_model_name") if rm.get("reranking_enable") else None,
+        "reranking_provider": rr.get("reranking_provider_name") if rm.get("reranking_enable") else None,
+        "score_threshold": rm.get("score_threshold") if rm.get("score_threshold_enabled") else None,
+    }
+
+
+def wanted_summary(p):
+    high = p["indexing_technique"] == "high_quality"
+    return {
+        "name": p["name"],
+        "description": p["description"] or "",
+        "indexing_technique": p["indexing_technique"],
+        "embedding_model": p["embedding_model"] if high else None,
+        "embedding_model_provider": p["embedding_model_provider"] if high else None,
+        "search_method": p["search_method"],
+        "top_k": p["top_k"],
+        "reranking_model": p["reranking_model"],
+        "reranking_provider": p["reranking_provider"] if p["reranking_model"] else None,
+        "score_threshold": p["score_threshold"],
+    }
+
+
+def payload(p):
+    body = {"name": p["name"], "description": p["description"] or "",
+            "indexing_technique": p["indexing_technique"], "retrieval_model": wanted_retrieval(p)}
+    if p["indexing_technique"] == "high_quality":
+        body["embedding_model"] = p["embedding_model"]
+        body["embedding_model_provider"] = p["embedding_model_provider"]
+    return body
+
+
+def ensure(module, client):
+    p = module.params
+    key, key_created = dataset_key(module, client)
+    result = dict(changed=key_created, dataset={}, id="", dataset_api_key_created=key_created)
+    found = find(client, key, p["name"]) if key else None
+    if p["state"] == "absent":
+        if found:
+            result.update(changed=True, diff=dict(before=summary(found), after={}))
+            if not module.check_mode:
+                client.service_request("DELETE", "/v1/datasets/%s" % found["id"], key)
+        return result
+    want = wanted_summary(p)
+    if not found:
+        result.update(changed=True, diff=dict(before={}, after=want))
+        if not module.check_mode:
+            created = client.service_request("POST", "/v1/datasets", key, body=payload(p))
+            result.update(dataset=created, id=created.get("id", ""))
+        return result
+    have = summary(found)
+    result.update(dataset=found, id=found["id"])
+    if have != want:
+        result.update(changed=True, diff=dict(before=have, after=want))
+        if not module.check_mode:
+            result["dataset"] = client.service_request("PATCH", "/v1/datasets/%s" % found["id"], key,
+                                                       body=payload(p))
+    return result
+
+
+def main():
+    spec = dify_argument_spec()
+    spec.update(
+        name=dict(type="str", required=True),
+        description=dict(type="str", default=""),
+        dataset_api_key=dict(type="str", no_log=True),
+        indexing_technique=dict(type="str", choices=["high_quality", "economy"], default="high_quality"),
+        embedding_model=dict(type="str"),
+        embedding_model_provider=dict(type="str"),
+        search_method=dict(type="str", choices=["hybrid_search", "semantic_search", "full_text_search"],
+                           default="hybrid_search"),
+        top_k=dict(type="int", default=5),
+        reranking_model=dict(type="str"),
+        reranking_provider=dict(type="str"),
+        score_threshold=dict(type="float"),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+    )
+    kwargs = dify_module_kwargs()
+    kwargs["required_together"] = kwargs["required_together"] + [("reranking_model", "reranking_provider"),
+                                                                  ("embedding_model", "embedding_model_provider")]
+    module = AnsibleModule(argument_spec=spec, **kwargs)
+    p = module.params
+    if not 1 <= len(p["name"]) <= NAME_MAX:
+        module.fail_json(msg="name: Dify dataset names are 1 to %d characters, %r has %d"
+                             % (NAME_MAX, p["name"], len(p["name"])))
+    if p["state"] == "present" and p["indexing_technique"] == "high_quality" and not p["embedding_model"]:
+        module.fail_json(msg="embedding_model: required with indexing_technique=high_quality")
+    if not 1 <= p["top_k"] <= 100:
+        module.fail_json(msg="top_k: must be between 1 and 100")
+    if p["score_threshold"] is not None and not 0 <= p["score_threshold"] <= 1:
+        module.fail_json(msg="score_threshold: must be between 0 and 1")
+    run_module(module, lambda client: ensure(module, client))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: dify_default_models
+short_description: Set the workspace's default models in Dify
+description:
+  - Reads C(GET /console/api/workspaces/current/default-model?model_type=...) for every listed type and sets
+    the ones that differ with C(POST /console/api/workspaces/current/default-model).
+extends_documentation_fragment: [dify]
+options:
+  models:
+    description: Default model per model type.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      model_type:
+        description: Model type.
+        type: str
+        required: true
+        choices: [llm, text-embedding, rerank, speech2text, tts, moderation]
+      provider:
+        description: Full provider id.
+        type: str
+        required: true
+      model:
+        description: Model name as registered in Dify.
+        type: str
+        required: true
+notes:
+  - Check mode and diff are supported.
+author: Dify deployment project
+"""
+
+EXAMPLES = r"""
+- name: Default models
+  dify_default_models:
+    url: http://127.0.0.1:8080
+    admin_email: admin@example.com
+    admin_password: "{{ dify_admin_password }}"
+    models:
+      - {model_type: llm, provider: langgenius/openai_api_compatible/openai_api_compatible, model: qwen2.5-7b}
+      - {model_type: text-embedding, provider: langgenius/openai_api_compatible/openai_api_compatible, model: bge-m3}
+"""
+
+RETURN = r"""
+defaults:
+  description: model_type -> C(provider/model) after the run.
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.dify_client import (
+    CONSOLE, MODEL_TYPES, dify_argument_spec, dify_module_kwargs, run_module,
+)
+
+PATH = CONSOLE + "/workspaces/current/default-model"
+
+
+def ensure(module, client):
+    before, after, todo = {}, {}, []
+    for item in module.params["models"]:
+        data = client.request("GET", PATH, query={"model_type": item["model_type"]}).get("data") or {}
+        provider = data.get("provider")
+        if isinstance(provider, dict):
+            provider = provider.get("provider")
+        current = "%s/%s" % (provider, data.get("model")) if data else None
+        wanted = "%s/%s" % (item["provider"], item["model"])
+        before[item["model_type"]] = current
+        after[item["model_type"]] = wanted
+        if current != wanted:
+            todo.append({"model_type": item["model_type"], "provider": item["provider"], "model": item["model"]})
+    result = dict(changed=bool(todo), defaults=after if todo and not module.check_mode else before)
+    if todo:
+        result["diff"] = dict(before=before, after=after)
+        if not module.check_mode:
+            client.request("POST", PATH, body={"model_settings": todo})
+    return result
+
+
+def main():
+    spec = dify_argument_spec()
+    spec.update(models=dict(type="list", elements="dict", required=True, options=dict(
+        model_type=dict(type="str", required=True, choices=MODEL_TYPES),
+        provider=dict(type="str", required=True),
+        model=dict(type="str", required=True),
+    )))
+    module = AnsibleModule(argument_spec=spec, **dify_module_kwargs())
+    types = [m["model_type"] for m in module.params["models"]]
+    if len(types) != len(set(types)):
+        module.fail_json(msg="models: each model_type may appear once, got %s" % ", ".join(types))
+    run_module(module, lambda client: ensure(module, client))
+
+
+if __name__ == "__main__":
+    main()

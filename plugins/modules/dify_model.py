@@ -1,0 +1,184 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: dify_model
+short_description: Register a model (llm, text-embedding, rerank, ...) with a Dify model provider
+description:
+  - Reads the model's credentials (C(GET /console/api/workspaces/current/model-providers/{provider}/models/credentials)),
+    creates them (C(POST), Dify validates them by calling the model server), updates them when they differ (C(PUT)),
+    or removes the model (C(DELETE .../models)).
+  - Secret fields come back obfuscated from Dify; they are compared through the same obfuscation.
+extends_documentation_fragment: [dify]
+options:
+  provider:
+    description: Full provider id, e.g. V(langgenius/openai_api_compatible/openai_api_compatible).
+    type: str
+    required: true
+  model:
+    description: Model name as registered in Dify.
+    type: str
+    required: true
+  model_type:
+    description: Model type.
+    type: str
+    required: true
+    choices: [llm, text-embedding, rerank, speech2text, tts, moderation]
+  credentials:
+    description:
+      - Non-secret credential fields, e.g. C(endpoint_url), C(endpoint_model_name), C(context_size), C(mode), C(max_chunks).
+      - Values are sent as strings (Dify's credential forms hold strings) and compared as strings; fields Dify fills in with schema defaults are not compared.
+    type: dict
+    default: {}
+  secret_credentials:
+    description: Secret credential fields (e.g. C(api_key)), merged into O(credentials); never logged.
+    type: dict
+    default: {}
+  credential_name:
+    description: Name of the credential in Dify (at most 30 characters).
+    type: str
+  state:
+    description: Whether the model should be registered.
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - Check mode and diff are supported. The plugin of the provider must be installed (M(dify_plugin)).
+author: Dify deployment project
+"""
+
+EXAMPLES = r"""
+- name: Register the local LLM
+  dify_model:
+    url: http://127.0.0.1:8080
+    admin_email: admin@example.com
+    admin_password: "{{ dify_admin_password }}"
+    provider: langgenius/openai_api_compatible/openai_api_compatible
+    model: qwen2.5-7b
+    model_type: llm
+    credentials:
+      endpoint_url: http://host.docker.internal:17200/v1
+      endpoint_model_name: qwen2.5-7b
+      mode: chat
+      context_size: "8192"
+"""
+
+RETURN = r"""
+credential_id:
+  description: Id of the model's current credential (empty when absent).
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.dify_client import (
+    CONSOLE, MODEL_TYPES, dify_argument_spec, dify_module_kwargs, provider_path, run_module, secret_matches,
+)
+
+
+def masked(creds, secret_keys):
+    return dict((k, "********" if k in secret_keys else v) for k, v in creds.items())
+
+
+def differs(current, desired, secret_keys):
+    changed = []
+    for key, value in desired.items():
+        have = current.get(key)
+        if key in secret_keys:
+            if not secret_matches(have, value):
+                changed.append(key)
+        elif have is None or str(have) != str(value):
+            changed.append(key)
+    # Fields Dify holds but we do not set (schema defaults it fills in) are left alone.
+    return sorted(set(changed))
+
+
+def as_form_value(value):
+    """Dify's credential forms hold strings: 4096 -> "4096", True -> "true"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def ensure(module, client):
+    p = module.params
+    p["credentials"] = dict((k, as_form_value(v)) for k, v in p["credentials"].items() if v is not None)
+    p["secret_credentials"] = dict((k, as_form_value(v)) for k, v in p["secret_credentials"].items()
+                                   if v is not None)
+    path = CONSOLE + "/workspaces/current/model-providers/%s/models" % provider_path(p["provider"])
+    ident = {"model": p["model"], "model_type": p["model_type"]}
+    current = client.request("GET", path + "/credentials", query=ident)
+    cred_id = current.get("current_credential_id")
+    have = current.get("credentials") or {}
+    secret_keys = set(p["secret_credentials"])
+    desired = dict(p["credentials"])
+    desired.update(p["secret_credentials"])
+    result = dict(changed=False, credential_id=cred_id or "")
+    if p["state"] == "absent":
+        if cred_id:
+            result.update(changed=True, diff=dict(before=dict(ident, registered=True),
+                                                  after=dict(ident, registered=False)))
+            if not module.check_mode:
+                client.request("DELETE", path, body=ident)
+                result["credential_id"] = ""
+        return result
+    body = dict(ident, credentials=desired)
+    if p["credential_name"]:
+        body["name"] = p["credential_name"]
+    if not cred_id:
+        result.update(changed=True, diff=dict(before=dict(ident, registered=False),
+                                              after=dict(ident, registered=True,
+                                                         credentials=masked(desired, secret_keys))))
+        if not module.check_mode:
+            client.request("POST", path + "/credentials", body=body)
+            after = client.request("GET", path + "/credentials", query=ident)
+            result["credential_id"] = after.get("current_credential_id") or ""
+        return result
+    changed_keys = differs(have, desired, secret_keys)
+    if p["credential_name"] and current.get("current_credential_name") != p["credential_name"]:
+        changed_keys.append("credential_name")
+    if changed_keys:
+        result.update(changed=True, changed_fields=changed_keys,
+                      diff=dict(before=dict(ident, credentials=masked(have, secret_keys)),
+                                after=dict(ident, credentials=masked(desired, secret_keys))))
+        if not module.check_mode:
+            body["credential_id"] = cred_id
+            client.request("PUT", path + "/credentials", body=body)
+    return result
+
+
+def main():
+    spec = dify_argument_spec()
+    spec.update(
+        provider=dict(type="str", required=True),
+        model=dict(type="str", required=True),
+        model_type=dict(type="str", required=True, choices=MODEL_TYPES),
+        credentials=dict(type="dict", default={}),
+        secret_credentials=dict(type="dict", default={}, no_log=True),
+        credential_name=dict(type="str"),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+    )
+    module = AnsibleModule(argument_spec=spec, **dify_module_kwargs())
+    p = module.params
+    if p["provider"].count("/") != 2:
+        module.fail_json(msg="provider: expected author/plugin/provider, e.g. "
+                             "langgenius/openai_api_compatible/openai_api_compatible, got %r" % p["provider"])
+    if p["state"] == "present" and not (p["credentials"] or p["secret_credentials"]):
+        module.fail_json(msg="credentials: required with state=present")
+    if p["credential_name"] and len(p["credential_name"]) > 30:
+        module.fail_json(msg="credential_name: at most 30 characters")
+    overlap = set(p["credentials"]) & set(p["secret_credentials"])
+    if overlap:
+        module.fail_json(msg="credentials and secret_credentials both set %s" % ", ".join(sorted(overlap)))
+    run_module(module, lambda client: ensure(module, client))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: dify_setup
+short_description: Create the first admin account of a Dify instance
+description:
+  - Runs Dify's one-time setup (C(POST /console/api/setup)) when C(GET /console/api/setup) says C(not_started).
+  - With O(init_password) (Dify's C(INIT_PASSWORD)) it first validates it with C(POST /console/api/init).
+  - Reports C(changed=false) when Dify is already set up, and then (by default) proves the credentials by logging in.
+  - Inputs are validated before any HTTP call.
+extends_documentation_fragment: [dify]
+options:
+  admin_name:
+    description: Display name of the admin (1 to 30 characters).
+    type: str
+    default: Admin
+  init_password:
+    description: Dify's C(INIT_PASSWORD), when the instance was started with one.
+    type: str
+  language:
+    description: Interface language of the admin.
+    type: str
+    default: en-US
+  verify_login:
+    description: Log in after (or instead of) the setup to prove O(admin_email)/O(admin_password) work.
+    type: bool
+    default: true
+notes:
+  - Check mode and diff are supported.
+  - O(admin_email) and O(admin_password) are required; the password needs 8 or more characters with a letter and a digit.
+author: Dify deployment project
+"""
+
+EXAMPLES = r"""
+- name: Create Dify's admin
+  dify_setup:
+    url: http://127.0.0.1:8080
+    admin_email: admin@example.com
+    admin_name: Admin
+    admin_password: "{{ vault_dify_admin_password }}"
+  no_log: true
+"""
+
+RETURN = r"""
+setup_step:
+  description: The setup step Dify reported before the module ran.
+  returned: always
+  type: str
+  sample: finished
+version:
+  description: Dify version read from C(/health) (empty when unknown).
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.dify_client import (
+    CONSOLE, EMAIL_RE, PASSWORD_RE, DifyClient, DifyError, dify_argument_spec, version_str,
+)
+
+
+def validate(module):
+    p = module.params
+    if not p["admin_email"] or not EMAIL_RE.match(p["admin_email"]):
+        module.fail_json(msg="admin_email: %r is not a valid email address" % p["admin_email"])
+    if not p["admin_password"] or not PASSWORD_RE.match(p["admin_password"]):
+        module.fail_json(msg="admin_password: Dify needs at least 8 characters with at least one letter and "
+                             "one digit")
+    if not 1 <= len(p["admin_name"] or "") <= 30:
+        module.fail_json(msg="admin_name: must be 1 to 30 characters, got %d" % len(p["admin_name"] or ""))
+    if p["init_password"] is not None and len(p["init_password"]) > 30:
+        module.fail_json(msg="init_password: Dify accepts at most 30 characters")
+
+
+def main():
+    spec = dify_argument_spec()
+    spec["admin_email"]["required"] = True
+    spec["admin_password"]["required"] = True
+    spec.update(
+        admin_name=dict(type="str", default="Admin"),
+        init_password=dict(type="str", no_log=True),
+        language=dict(type="str", default="en-US"),
+        verify_login=dict(type="bool", default=True),
+    )
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    validate(module)
+    p = module.params
+    try:
+        client = DifyClient.from_module(module)
+        version = client.detect_version()
+        step = client.setup_status()
+        result = dict(changed=False, setup_step=step, version=version_str(version) if version else "")
+        if step == "finished":
+            if p["verify_login"] and not module.check_mode:
+                client.login()
+            result["msg"] = "Dify is already set up"
+            module.exit_json(**result)
+        result["changed"] = True
+        result["diff"] = dict(before={"setup": step}, after={"setup": "finished", "admin_email": p["admin_email"],
+                                                             "admin_name": p["admin_name"]})
+        if module.check_mode:
+            module.exit_json(**result)
+        if p["init_password"]:
+            client.request("POST", CONSOLE + "/init", body={"password": p["init_password"]}, auth=False)
+        client.request("POST", CONSOLE + "/setup", auth=False, body={
+            "email": p["admin_email"], "name": p["admin_name"], "password": p["admin_password"],
+            "language": p["language"]})
+        if p["verify_login"]:
+            client.login()
+        result["msg"] = "Dify admin account created"
+    except DifyError as err:
+        if err.code == "not_init_validated":
+            err.msg += " -- this Dify has INIT_PASSWORD set: pass it as init_password"
+        module.fail_json(msg=err.msg, status=err.status, code=err.code)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
