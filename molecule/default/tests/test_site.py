@@ -13,3 +13,14 @@ def test_docker_engine_serves(host):
     assert host.service("docker").is_running
     assert host.service("docker").is_enabled
     assert host.check_output("docker compose version --short").strip()
+
+
+def test_host_nginx_terminates_tls_in_front_of_dify(host):
+    # HTTP redirects to HTTPS; HTTPS answers with the role's certificate
+    out = host.check_output("curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1:17580/x")
+    assert out.startswith("301 https://"), out
+    cert = host.check_output(
+        "echo | openssl s_client -connect 127.0.0.1:17543 -servername localhost 2>/dev/null | openssl x509 -noout -fingerprint"
+    )
+    local = host.check_output("openssl x509 -noout -fingerprint -in /etc/nginx/tls/dify.crt")
+    assert cert == local
