@@ -24,3 +24,16 @@ def test_host_nginx_terminates_tls_in_front_of_dify(host):
     )
     local = host.check_output("openssl x509 -noout -fingerprint -in /etc/nginx/tls/dify.crt")
     assert cert == local
+
+
+def test_model_servers_answer(host):
+    import json
+
+    chat = json.loads(host.check_output(
+        "curl -sf http://127.0.0.1:17501/v1/chat/completions -H 'Content-Type: application/json' "
+        "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":4}'"))
+    assert chat["choices"][0]["message"]
+    emb = json.loads(host.check_output(
+        "curl -sf http://127.0.0.1:17502/v1/embeddings -H 'Content-Type: application/json' -d '{\"input\":[\"hello\"]}'"))
+    assert len(emb["data"][0]["embedding"]) == 384
+    assert host.service("model-server-rerank").is_running

@@ -1,0 +1,68 @@
+"""Pure checks of the model_servers role's data: presets, defaults and argument specs agree."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "model_servers"
+VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+SPECS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+PRESETS = VARS["__model_servers_presets"]
+
+
+def test_every_default_is_specified_and_vice_versa():
+    assert set(DEFAULTS) == set(SPECS)
+    for name, spec in SPECS.items():
+        if "default" in spec:
+            assert spec["default"] == DEFAULTS[name], name
+        if "choices" in spec:
+            assert DEFAULTS[name] in spec["choices"], name
+
+
+def test_preset_choices_match_the_presets():
+    assert set(SPECS["model_servers_preset"]["choices"]) == set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
+def test_preset_has_one_server_per_kind_with_valid_backends(preset):
+    servers = PRESETS[preset]
+    assert sorted(s["kind"] for s in servers) == ["embedding", "llm", "rerank"]
+    assert len({s["port"] for s in servers}) == len(servers)
+    assert len({s["name"] for s in servers}) == len(servers)
+    for s in servers:
+        assert s["kind"] in VARS["__model_servers_backend_kinds"][s["backend"]], s["name"]
+        sources = [k for k in ("hf", "url", "src", "ollama") if k in s["model"]]
+        assert len(sources) == 1, s["name"]
+        if s["backend"] == "llamacpp":
+            assert s["model"]["file"].endswith(".gguf")
+            assert s["model"]["file"] in s["model"].get("include", [s["model"]["file"]])
+        if s.get("runtime") == "native":
+            assert s["backend"] in VARS["__model_servers_native_backends"]
+
+
+def test_cpu_tiny_needs_no_gpu_and_runs_natively():
+    for s in PRESETS["cpu-tiny"]:
+        assert s["gpus"] == [] and s["runtime"] == "native"
+
+
+def test_ja_preset_matches_the_on_prem_guide():
+    by_kind = {s["kind"]: s for s in PRESETS["ja"]}
+    assert "ELYZA" in by_kind["llm"]["model"]["hf"] and by_kind["llm"]["model"]["file"].endswith(".gguf")
+    assert by_kind["embedding"]["model"]["hf"] == "cl-nagoya/ruri-large"
+    assert by_kind["rerank"]["model"]["hf"] == "cl-nagoya/ruri-reranker-large"
+    # ruri's tokenizer needs MeCab: TEI cannot load it, Infinity gets fugashi + unidic-lite
+    for kind in ("embedding", "rerank"):
+        assert by_kind[kind]["backend"] == "infinity"
+        assert {"fugashi", "unidic-lite"} <= set(by_kind[kind]["pip_packages"])
+
+
+def test_images_are_pinned():
+    images = DEFAULTS["model_servers_images"]
+    flat = [v for k, v in images.items() if k != "tei"] + list(images["tei"].values())
+    for image in flat:
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest", image
+    assert set(images["tei"]) == set(SPECS["model_servers_tei_arch"]["choices"]) - {"auto"}
+    assert set(VARS["__model_servers_tei_arch_by_cc"].values()) <= set(images["tei"])
