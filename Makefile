@@ -37,8 +37,10 @@ unit: setup
 molecule: setup
 	tests/run.sh molecule $(S)
 
+## Benchmarks print figures (they are not tests): site converge/re-run, embedding batching.
 bench: setup
 	$(VENV)/bin/python benchmarks/site_converge.py
+	$(PYTHON) benchmarks/embedding_batch.py
 
 clean:
 	rm -rf $(VENV) .cache
