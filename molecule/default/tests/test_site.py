@@ -37,3 +37,14 @@ def test_model_servers_answer(host):
         "curl -sf http://127.0.0.1:17502/v1/embeddings -H 'Content-Type: application/json' -d '{\"input\":[\"hello\"]}'"))
     assert len(emb["data"][0]["embedding"]) == 384
     assert host.service("model-server-rerank").is_running
+
+
+def test_dify_answers_through_the_host_nginx_and_is_bootstrapped(host):
+    # host nginx (TLS) -> the stack's nginx -> the api (the Dify API stand-in in tests)
+    import json
+
+    setup = json.loads(host.check_output("curl -sfk https://127.0.0.1:17543/console/api/setup"))
+    assert setup["step"] == "finished"
+    env = host.file("/opt/dify/.env")
+    assert env.mode == 0o600
+    assert "difyai123456" not in env.content_string
