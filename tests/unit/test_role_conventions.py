@@ -2,9 +2,11 @@
 
 - meta/argument_specs.yml exists and documents every variable in defaults/main.yml;
 - every default variable is prefixed with the role name;
-- every documented option has a description.
+- every documented option has a description;
+- every default variable is named in the operator docs (docs/*.md).
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,12 @@ def test_every_option_is_described(role):
     options = load(specs)["argument_specs"]["main"].get("options", {}) if specs.exists() else {}
     bare = sorted(k for k, v in options.items() if not (v or {}).get("description"))
     assert not bare, f"{role.name}: options without description: {bare}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_default_is_documented_for_operators(role):
+    docs = "\n".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    defaults_file = role / "defaults" / "main.yml"
+    defaults = load(defaults_file) if defaults_file.exists() else {}
+    missing = sorted(v for v in defaults if not re.search(rf"\b{v}\b", docs))
+    assert not missing, f"{role.name}: variables missing from docs/: {missing}"
