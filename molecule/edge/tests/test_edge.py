@@ -295,6 +295,36 @@ def test_drift_is_repaired_and_local_mode_restored(host):
     wait_ready("local")
 
 
+def served_certificate_der():
+    with socket.create_connection(("127.0.0.1", HTTPS_PORT), timeout=10) as sock:
+        with insecure_context().wrap_socket(sock, server_hostname="localhost") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_provided_certificate_mode_serves_the_given_pair(host):
+    """TLS mode `provided`: a certificate and key the operator brings (here made on the host,
+    nginx_tls_src_remote) replace the self-signed pair; switching back regenerates one."""
+    host.run_expect([0], "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                         "-subj /CN=localhost -addext subjectAltName=DNS:localhost -days 2 "
+                         "-keyout /root/provided.key -out /root/provided.crt")
+    rc, out = run_play("-e", "nginx_tls_mode=provided", "-e", "nginx_tls_cert_src=/root/provided.crt",
+                       "-e", "nginx_tls_key_src=/root/provided.key", "-e", "nginx_tls_src_remote=true",
+                       "--tags", "nginx", "--diff")
+    assert rc == 0, out[-3000:]
+    provided_key = host.file("/root/provided.key").content_string
+    assert provided_key.strip().splitlines()[1] not in out  # the key never reaches the output
+    provided = host.file("/root/provided.crt").content_string
+    assert served_certificate_der() == ssl.PEM_cert_to_DER_cert(provided)
+    key = host.file("/etc/nginx/tls/dify.key")
+    assert (key.mode, key.content_string) == (0o600, provided_key)
+
+    rc, out = run_play("--tags", "nginx")
+    assert rc == 0, out[-3000:]
+    regenerated = host.file(CERT).content_string
+    assert regenerated != provided
+    assert served_certificate_der() == ssl.PEM_cert_to_DER_cert(regenerated)
+
+
 def test_repo_definition_renders(host):
     """Cloudflare's repository cannot be reached here: render the deb822 source and keyring only."""
     try:
