@@ -4,6 +4,8 @@
 #   tests/run.sh lint|unit  one part
 #   tests/run.sh molecule [scenario...]   scenarios only (default: all)
 # Ends with one summary line: "summary: N passed, N failed[, N skipped]".
+# DIFY_TEST_KEEP_GOING=0 skips the scenarios when lint or unit tests failed (default 1: run them).
+# DIFY_TEST_LOGDIR: where step logs go (default .cache/test-logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"

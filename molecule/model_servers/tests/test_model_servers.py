@@ -6,8 +6,8 @@ of the container runtime, validated by a real compose v2 binary.
 """
 
 import json
-import math
 import os
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +15,9 @@ import pytest
 import testinfra
 import testinfra.utils.ansible_runner
 import yaml
+
+sys.path.insert(0, os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule", "shared"))
+from model_http import cosine, post  # noqa: E402 - shared with the other model server scenario
 
 INVENTORY_FILE = os.environ["MOLECULE_INVENTORY_FILE"]
 INVENTORY = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY_FILE)
@@ -30,17 +33,6 @@ RERANK = "http://127.0.0.2:17203"
 
 def get_host(name):
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY_FILE}")
-
-
-def post(url, body, timeout=60):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback test server
-        return json.load(resp)
-
-
-def cosine(a, b):
-    dot = sum(x * y for x, y in zip(a, b))
-    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
 def endpoints(host):

@@ -7,27 +7,18 @@ to Dify (model_servers_dify_endpoints, written to a file by converge.yml).
 """
 
 import json
-import math
 import os
-import urllib.request
+import sys
 
 import pytest
 import testinfra
 
+sys.path.insert(0, os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule", "shared"))
+from model_http import cosine, post  # noqa: E402 - shared with the other model server scenario
+
 INVENTORY_FILE = os.environ["MOLECULE_INVENTORY_FILE"]
 HOST = testinfra.get_host(f"ansible://msi-debian12?ansible_inventory={INVENTORY_FILE}")
 PORTS = {"embedding": 17261, "rerank": 17262}
-
-
-def post(url, body, timeout=60):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback test server
-        return json.load(resp)
-
-
-def cosine(a, b):
-    dot = sum(x * y for x, y in zip(a, b))
-    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,18 @@
+"""HTTP helpers the model server scenarios' testinfra tests share (molecule/model_servers*)."""
+
+import json
+import math
+import urllib.request
+
+
+def post(url, body, timeout=60):
+    """POST a JSON body, return the decoded JSON answer."""
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback test server
+        return json.load(resp)
+
+
+def cosine(a, b):
+    """Cosine similarity of two vectors."""
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
