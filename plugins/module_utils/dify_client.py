@@ -11,8 +11,13 @@
 * ``X-CSRF-Token`` on every authenticated console call, GETs included.
 * One refresh (``POST /console/api/refresh-token``) and retry on a 401; a
   fresh login when the refresh token is gone too.
-* Bounded retries with exponential backoff on connection errors, 429 and
-  5xx; every call has a timeout.
+* Bounded retries with exponential backoff; every call has a timeout. Idempotent
+  requests (GET, HEAD, PUT, DELETE) are retried on connection errors, 429 and
+  5xx. A POST is retried only when it cannot have landed (429, connection
+  refused) or when its caller says it is safe (login, refresh); on a 5xx or a
+  lost answer a creating POST is retried only after its ``landed`` check (a
+  lookup of what it would have created) finds nothing -- so a flaky proxy can
+  not make Dify create an app or a dataset twice.
 * Errors name the call, the HTTP status, Dify's error code and message.
 * Optional admin API key mode (``ADMIN_API_KEY_ENABLE``): ``Authorization:
   Bearer <key>`` + ``X-WORKSPACE-ID``, no login and no CSRF.
@@ -53,6 +58,12 @@ MIN_VERSION = (1, 9, 2)
 BASE64_PASSWORD_SINCE = (1, 11, 2)
 SUPPORTED_MAJORS = (1,)
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+SERVER_ERRORS = (500, 502, 503, 504)
+IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+# Dify counts failed logins per email in Redis and refuses the next one once the count is
+# above this (services/account_service.py: `count > 5`): the 6th wrong password is still a
+# 401, the 7th login is a 429 even with the right password. Cleared after 24 h.
+LOGIN_LOCKOUT_AFTER = 5
 MODEL_TYPES = ["llm", "text-embedding", "rerank", "speech2text", "tts", "moderation"]
 EMAIL_RE = re.compile(r"^[\w.!#$%&'*+\-/=?^`{|}~]+@([\w-]+\.)+[\w-]{2,}$")
 PASSWORD_RE = re.compile(r"^(?=.*[a-zA-Z])(?=.*\d).{8,}$")
@@ -143,11 +154,27 @@ class DifyLoginLocked(DifyError):
     pass
 
 
+class DifyNoAnswer(DifyError):
+    """The request may or may not have reached Dify (timeout, reset connection)."""
+
+
+def _never_sent(err):
+    """True when the error proves the request did not reach the server (connection refused)."""
+    reason = getattr(err, "reason", err)
+    return isinstance(reason, ConnectionRefusedError) or isinstance(err, ConnectionRefusedError)
+
+
 def _error_from(method, path, status, data):
     code = message = None
     if isinstance(data, dict):
-        code = data.get("code") or data.get("result")
-        message = data.get("message") or data.get("error")
+        err = data.get("error")
+        if isinstance(err, dict):
+            # Dify's fastopenapi routes (/setup, /init, ...) answer {"error": {"type", "message", "status"}}
+            code = err.get("type") or err.get("code")
+            message = err.get("message")
+        else:
+            code = data.get("code") or data.get("result")
+            message = data.get("message") or err
     elif data:
         message = str(data)[:300]
     text = "%s %s failed: HTTP %s" % (method, path, status)
@@ -234,8 +261,17 @@ class DifyClient(object):
         return delay
 
     def raw(self, method, path, body=None, query=None, headers=None, data=None,
-            retry_statuses=RETRY_STATUSES, send_cookies=True):
-        """One HTTP exchange with bounded retries. Returns (status, headers, parsed body)."""
+            retry_statuses=None, send_cookies=True, safe=None):
+        """One HTTP exchange with bounded retries. Returns (status, headers, parsed body).
+
+        ``safe``: whether repeating the request cannot duplicate anything (default: the method is
+        idempotent). An unsafe request is retried only on 429 and on a refused connection (it never
+        reached Dify); any other failure is returned or raised for the caller to decide.
+        """
+        if safe is None:
+            safe = method.upper() in IDEMPOTENT_METHODS
+        if retry_statuses is None:
+            retry_statuses = RETRY_STATUSES if safe else (429,)
         url = self.base + path
         if query:
             url += "?" + urlencode(query)
@@ -262,10 +298,10 @@ class DifyClient(object):
             except (URLError, socket.timeout, socket.error, HTTPException, ConnectionError) as err:
                 last_error = err
                 self.calls.append((method, path, None))
-                if attempt < self.retries:
+                if attempt < self.retries and (safe or _never_sent(err)):
                     self.sleep(self._backoff(attempt))
                     continue
-                raise DifyError("%s %s failed: Dify at %s did not answer after %d attempt(s): %s" % (
+                raise DifyNoAnswer("%s %s failed: Dify at %s did not answer after %d attempt(s): %s" % (
                     method, path, self.base, attempt + 1, getattr(err, "reason", err)), method=method, path=path)
             self.calls.append((method, path, status))
             self._store_cookies(rheaders)
@@ -317,10 +353,11 @@ class DifyClient(object):
         for name in list(self.cookies):
             if name.replace("__Host-", "") in COOKIE_NAMES:
                 del self.cookies[name]
+        # a login creates nothing: safe to repeat on a 5xx (never on a 401, which counts as a failure)
         status, _, data = self.raw("POST", path, body={"email": self.email,
                                                        "password": self.encode_password(self.password),
                                                        "remember_me": True},
-                                   retry_statuses=(500, 502, 503, 504))
+                                   retry_statuses=SERVER_ERRORS, safe=True)
         if status == 200:
             if isinstance(data, dict) and isinstance(data.get("data"), dict) and "access_token" in data["data"]:
                 raise DifyUnsupportedVersion(
@@ -334,19 +371,20 @@ class DifyClient(object):
         err = _error_from("POST", path, status, data)
         if status == 429 or err.code == "email_code_login_limit":
             raise DifyLoginLocked(
-                "%s -- Dify locked logins for %s after 5 failed attempts (24 h). Fix admin_password, then "
-                "wait or delete the Redis key login_error_rate_limit:%s." % (err.msg, self.email, self.email),
+                "%s -- Dify locked logins for %s after more than %d failed attempts (24 h). Fix admin_password, "
+                "then wait, or delete the Redis key login_error_rate_limit:%s (docs/troubleshooting.md)."
+                % (err.msg, self.email, LOGIN_LOCKOUT_AFTER, self.email),
                 status=status, code=err.code, body=data, method="POST", path=path)
         if err.code == "authentication_failed":
-            err.msg = err.args[0] + (" (login as %s; every failure counts towards Dify's 5-attempt lockout)"
-                                     % self.email)
+            err.msg = err.args[0] + (" (login as %s; Dify locks the login for 24 h once more than %d attempts "
+                                     "failed)" % (self.email, LOGIN_LOCKOUT_AFTER))
             err.args = (err.msg,)
         raise err
 
     def refresh(self):
         if not self._cookie("refresh_token"):
             return False
-        status, _, _ = self.raw("POST", CONSOLE + "/refresh-token", retry_statuses=(500, 502, 503, 504))
+        status, _, _ = self.raw("POST", CONSOLE + "/refresh-token", retry_statuses=SERVER_ERRORS, safe=True)
         return status == 200 and bool(self._cookie("access_token"))
 
     def _auth_headers(self):
@@ -356,8 +394,21 @@ class DifyClient(object):
 
     # ------------------------------------------------------------- calls
     def request(self, method, path, body=None, query=None, auth=True, expected=None, data=None,
-                content_type=None):
-        """A console call; returns the parsed JSON body ({} when empty)."""
+                content_type=None, landed=None, safe=None):
+        """A console call; returns the parsed JSON body ({} when empty).
+
+        ``safe=True`` marks a POST that creates nothing (a query, an upload of the same bytes):
+        it is retried like a GET.
+
+        ``landed``: for a creating POST, a function that looks up what the POST would have created
+        and returns it (or None). When the POST fails with a 5xx or no answer, ``landed()`` decides:
+        found -> that is the result; not found -> the POST is sent again (bounded by ``retries``).
+        Without it a failed POST is not repeated.
+        """
+        return self._with_landed_check(method, path, landed, lambda: self._console(
+            method, path, body, query, auth, expected, data, content_type, safe))
+
+    def _console(self, method, path, body, query, auth, expected, data, content_type, safe):
         if auth:
             if not self.api_key:
                 self.detect_version()
@@ -368,7 +419,7 @@ class DifyClient(object):
             if content_type:
                 headers["Content-Type"] = content_type
             status, _, parsed = self.raw(method, path, body=body, query=query, headers=headers, data=data,
-                                         send_cookies=not self.api_key)
+                                         send_cookies=not self.api_key, safe=safe)
             if status == 401 and auth and not self.api_key and attempt == 0:
                 if not self.refresh():
                     self.login()
@@ -378,13 +429,33 @@ class DifyClient(object):
             raise _error_from(method, path, status, parsed)
         return parsed if parsed is not None else {}
 
-    def service_request(self, method, path, api_key, body=None, query=None):
-        """A service API call (/v1/...) with a dataset- or app- key."""
-        status, _, parsed = self.raw(method, path, body=body, query=query, send_cookies=False,
-                                     headers={"Authorization": "Bearer %s" % api_key})
-        if not 200 <= status < 300:
-            raise _error_from(method, path, status, parsed)
-        return parsed if parsed is not None else {}
+    def _with_landed_check(self, method, path, landed, send):
+        attempt = 0
+        while True:
+            try:
+                return send()
+            except DifyError as err:
+                unknown = isinstance(err, DifyNoAnswer) or err.status in SERVER_ERRORS
+                if landed is None or not unknown or method.upper() in IDEMPOTENT_METHODS:
+                    raise
+                found = landed()
+                if found is not None:
+                    return found
+                if attempt >= self.retries:
+                    raise
+                self.sleep(self._backoff(attempt))
+                attempt += 1
+
+    def service_request(self, method, path, api_key, body=None, query=None, landed=None, safe=None):
+        """A service API call (/v1/...) with a dataset- or app- key; ``landed``/``safe`` as for request()."""
+        def send():
+            status, _, parsed = self.raw(method, path, body=body, query=query, send_cookies=False,
+                                         headers={"Authorization": "Bearer %s" % api_key}, safe=safe)
+            if not 200 <= status < 300:
+                raise _error_from(method, path, status, parsed)
+            return parsed if parsed is not None else {}
+
+        return self._with_landed_check(method, path, landed, send)
 
     def upload(self, path, field, filename, content):
         """multipart/form-data upload of one file (console, authenticated)."""
@@ -393,7 +464,9 @@ class DifyClient(object):
         head = ('--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
                 "Content-Type: application/octet-stream\r\n\r\n" % (boundary, field, filename.replace('"', "")))
         body = head.encode("utf-8") + content + ("\r\n--%s--\r\n" % boundary).encode("ascii")
-        return self.request("POST", path, data=body, content_type="multipart/form-data; boundary=%s" % boundary)
+        # the same bytes give the same result (Dify keys plugin packages by their hash): safe to repeat
+        return self.request("POST", path, data=body, content_type="multipart/form-data; boundary=%s" % boundary,
+                            safe=True)
 
 
 def provider_path(provider):

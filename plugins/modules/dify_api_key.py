@@ -99,6 +99,12 @@ def resource_path(module, client):
     return CONSOLE + "/apps/%s/api-keys" % app_id, "app %s" % app_id
 
 
+def _new_key(client, path, known):
+    """The key a lost POST created, if it did (a key that was not there before)."""
+    fresh = [k for k in client.request("GET", path).get("data") or [] if k.get("id") not in known]
+    return fresh[0] if fresh else None
+
+
 def ensure(module, client):
     p = module.params
     path, label = resource_path(module, client)
@@ -135,7 +141,8 @@ def ensure(module, client):
     if p["rotate"] and len(keys) >= 10:  # make room first
         client.request("DELETE", "%s/%s" % (path, keys[0]["id"]))
         keys = keys[1:]
-    new = client.request("POST", path)
+    known = set(k["id"] for k in keys)
+    new = client.request("POST", path, landed=lambda: _new_key(client, path, known))
     if p["rotate"]:
         for key in keys:
             client.request("DELETE", "%s/%s" % (path, key["id"]))

@@ -243,8 +243,10 @@ def ensure(module, client):
         if module.check_mode:
             return result
         app = client.request("POST", CONSOLE + "/apps", body=dict(
-            want_info, name=p["name"], mode=p["mode"], icon_type="emoji"))
-        client.request("POST", CONSOLE + "/apps/%s/model-config" % app["id"], body=model_config(p))
+            want_info, name=p["name"], mode=p["mode"], icon_type="emoji"),
+            landed=lambda: find(client, p["name"]))
+        # setting the whole model config twice gives the same config: safe to repeat
+        client.request("POST", CONSOLE + "/apps/%s/model-config" % app["id"], body=model_config(p), safe=True)
         app = client.request("GET", CONSOLE + "/apps/%s" % app["id"])
         result["app_id"] = app["id"]
         result.update(urls(p, app))
@@ -265,7 +267,7 @@ def ensure(module, client):
         before.update(have_cfg)
         after.update(want_cfg)
         if not module.check_mode:
-            client.request("POST", CONSOLE + "/apps/%s/model-config" % app["id"], body=model_config(p))
+            client.request("POST", CONSOLE + "/apps/%s/model-config" % app["id"], body=model_config(p), safe=True)
     if after:
         result.update(changed=True, diff=dict(before=before, after=after))
     result.update(urls(p, app))

@@ -110,7 +110,12 @@ def dataset_key(module, client):
         return keys[0]["token"], False
     if module.check_mode:
         return None, False
-    return client.request("POST", CONSOLE + "/datasets/api-keys")["token"], True
+    return client.request("POST", CONSOLE + "/datasets/api-keys", landed=lambda: _first_key(client))["token"], True
+
+
+def _first_key(client):
+    keys = client.request("GET", CONSOLE + "/datasets/api-keys").get("data") or []
+    return keys[0] if keys else None
 
 
 def find(client, key, name):
@@ -200,7 +205,8 @@ def ensure(module, client):
     if not found:
         result.update(changed=True, diff=dict(before={}, after=want))
         if not module.check_mode:
-            created = client.service_request("POST", "/v1/datasets", key, body=payload(p))
+            created = client.service_request("POST", "/v1/datasets", key, body=payload(p),
+                                             landed=lambda: find(client, key, p["name"]))
             result.update(dataset=created, id=created.get("id", ""))
         return result
     have = summary(found)

@@ -81,7 +81,8 @@ def ensure(module, client):
     if todo:
         result["diff"] = dict(before=before, after=after)
         if not module.check_mode:
-            client.request("POST", PATH, body={"model_settings": todo})
+            # setting defaults is idempotent: safe to repeat
+            client.request("POST", PATH, body={"model_settings": todo}, safe=True)
     return result
 
 

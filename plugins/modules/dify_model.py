@@ -13,7 +13,11 @@ description:
   - Reads the model's credentials (C(GET /console/api/workspaces/current/model-providers/{provider}/models/credentials)),
     creates them (C(POST), Dify validates them by calling the model server), updates them when they differ (C(PUT)),
     or removes the model (C(DELETE .../models)).
-  - Secret fields come back obfuscated from Dify; they are compared through the same obfuscation.
+  - Secret fields come back obfuscated from Dify; they are compared through the same obfuscation. Fields the
+    provider's schema declares as C(secret-input) are treated as secrets even when passed in O(credentials).
+  - Before any write the credentials are checked against the provider's schema for the model type
+    (C(GET /console/api/workspaces/current/model-providers)): Dify silently drops fields its schema lacks and
+    refuses to save without its required fields (even those with a default), so both fail here, naming them.
 extends_documentation_fragment: [dify]
 options:
   provider:
@@ -77,7 +81,8 @@ credential_id:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.dify_client import (
-    CONSOLE, MODEL_TYPES, dify_argument_spec, dify_module_kwargs, provider_path, run_module, secret_matches,
+    CONSOLE, MODEL_TYPES, DifyError, dify_argument_spec, dify_module_kwargs, provider_path, run_module,
+    secret_matches,
 )
 
 
@@ -107,6 +112,42 @@ def as_form_value(value):
     return value
 
 
+def credential_schema(client, provider, model_type):
+    """The provider's model credential fields for this model type, as Dify declares them
+    (``GET .../model-providers``: ``model_credential_schema.credential_form_schemas``, filtered by
+    ``show_on: __model_type``); None when the provider is not installed."""
+    data = client.request("GET", CONSOLE + "/workspaces/current/model-providers", query={"model_type": model_type})
+    for entry in data.get("data") or []:
+        if entry.get("provider") != provider:
+            continue
+        forms = ((entry.get("model_credential_schema") or {}).get("credential_form_schemas")) or []
+        return [f for f in forms if applies(f, model_type)]
+    return None
+
+
+def applies(form, model_type):
+    for cond in form.get("show_on") or []:
+        if cond.get("variable") == "__model_type" and cond.get("value") != model_type:
+            return False
+    return True
+
+
+def check_against_schema(p, fields, desired):
+    """Dify keeps only the fields its schema declares and refuses to save without the required ones:
+    say so before any write instead of a change that never converges or a late 400."""
+    known = set(f["variable"] for f in fields)
+    unknown = sorted(set(desired) - known)
+    missing = sorted(f["variable"] for f in fields if f.get("required") and f["variable"] not in desired)
+    problems = []
+    if unknown:
+        problems.append("%s not in the schema (Dify would drop them)" % ", ".join(unknown))
+    if missing:
+        problems.append("%s required" % ", ".join(missing))
+    if problems:
+        raise DifyError("credentials for %s model %s of %s: %s; the schema has %s" % (
+            p["model_type"], p["model"], p["provider"], " and ".join(problems), ", ".join(sorted(known))))
+
+
 def ensure(module, client):
     p = module.params
     p["credentials"] = dict((k, as_form_value(v)) for k, v in p["credentials"].items() if v is not None)
@@ -114,10 +155,20 @@ def ensure(module, client):
                                    if v is not None)
     path = CONSOLE + "/workspaces/current/model-providers/%s/models" % provider_path(p["provider"])
     ident = {"model": p["model"], "model_type": p["model_type"]}
+    secret_keys = set(p["secret_credentials"])
+    if p["state"] == "present":
+        fields = credential_schema(client, p["provider"], p["model_type"])
+        if fields is None:
+            if module.check_mode:  # its plugin would be installed by an earlier task of the same run
+                return dict(changed=True, credential_id="", msg="provider %s is not installed yet" % p["provider"])
+            raise DifyError("provider %s is not installed in this workspace (install its plugin with dify_plugin "
+                            "first)" % p["provider"])
+        desired_keys = dict(p["credentials"], **p["secret_credentials"])
+        check_against_schema(p, fields, desired_keys)
+        secret_keys |= set(f["variable"] for f in fields if f.get("type") == "secret-input")
     current = client.request("GET", path + "/credentials", query=ident)
     cred_id = current.get("current_credential_id")
     have = current.get("credentials") or {}
-    secret_keys = set(p["secret_credentials"])
     desired = dict(p["credentials"])
     desired.update(p["secret_credentials"])
     result = dict(changed=False, credential_id=cred_id or "")
@@ -137,7 +188,8 @@ def ensure(module, client):
                                               after=dict(ident, registered=True,
                                                          credentials=masked(desired, secret_keys))))
         if not module.check_mode:
-            client.request("POST", path + "/credentials", body=body)
+            client.request("POST", path + "/credentials", body=body, landed=lambda: (
+                client.request("GET", path + "/credentials", query=ident) or {}).get("current_credential_id"))
             after = client.request("GET", path + "/credentials", query=ident)
             result["credential_id"] = after.get("current_credential_id") or ""
         return result

@@ -27,7 +27,12 @@ options:
     default: present
   version:
     description:
-      - Wanted version. An installed plugin with another version is reinstalled.
+      - Wanted version. With O(package_path) it defaults to the version in the package's C(manifest.yaml).
+      - An installed plugin of another version is moved to this one. From the marketplace Dify upgrades it in
+        place (C(.../upgrade/marketplace)). Dify 1.15.0 has no in-place upgrade for an uploaded package, so
+        the module does what Dify's own web UI does: uninstall, then install the new package; Dify then
+        deletes the plugin's provider-level credentials (custom models keep theirs), which M(dify_model)
+        registers again.
       - From the marketplace only its latest version can be installed; use O(package_path) to pin.
     type: str
   package_path:
@@ -64,10 +69,20 @@ task_id:
   description: Id of the install task (empty when nothing was installed).
   returned: always
   type: str
+method:
+  description: How the plugin was put in place, C(install), C(upgrade) (in place) or C(reinstall) (uninstall + install).
+  returned: when something was installed
+  type: str
+version_change:
+  description: C(old -> new) when an installed plugin changed version.
+  returned: when the version changed
+  type: str
 """
 
 import os
+import re
 import time
+import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.dify_client import (
@@ -106,35 +121,104 @@ def wait_task(module, client, task_id):
         client.sleep(module.params["poll_interval"])
 
 
-def install(module, client):
+def package_version(path):
+    """The version in a .difypkg's manifest.yaml (top-level ``version:``), read without PyYAML."""
+    with zipfile.ZipFile(path) as pkg:
+        try:
+            text = pkg.read("manifest.yaml").decode("utf-8")
+        except KeyError:
+            raise DifyError("package_path: %s has no manifest.yaml (not a .difypkg)" % path)
+    match = re.search(r"^version:\s*['\"]?([^'\"\s#]+)", text, re.M)
+    if not match:
+        raise DifyError("package_path: the manifest.yaml of %s names no version" % path)
+    return match.group(1)
+
+
+def upload_package(module, client):
     p = module.params
-    if p["package_path"]:
-        with open(p["package_path"], "rb") as fh:
-            content = fh.read()
-        uploaded = client.upload(PLUGIN + "/upload/pkg", "pkg", os.path.basename(p["package_path"]), content)
-        uid = uploaded.get("unique_identifier")
-        if not uid or not uid.startswith(p["plugin_id"] + ":"):
-            raise DifyError("package %s holds %s, not plugin %s" % (p["package_path"], uid, p["plugin_id"]))
-        answer = client.request("POST", PLUGIN + "/install/pkg", body={"plugin_unique_identifiers": [uid]})
-    else:
-        latest = client.request("POST", PLUGIN + "/list/latest-versions", body={"plugin_ids": [p["plugin_id"]]})
-        entry = (latest.get("versions") or {}).get(p["plugin_id"])
-        if not entry or not entry.get("unique_identifier"):
-            raise DifyError("the marketplace offers no plugin %s (is MARKETPLACE_ENABLED false or the host "
-                            "offline? use package_path with a .difypkg)" % p["plugin_id"])
-        if p["version"] and entry.get("version") != p["version"]:
-            raise DifyError("the marketplace offers %s %s, not %s; use package_path to install a pinned version"
-                            % (p["plugin_id"], entry.get("version"), p["version"]))
-        uid = entry["unique_identifier"]
-        answer = client.request("POST", PLUGIN + "/install/marketplace", body={"plugin_unique_identifiers": [uid]})
+    with open(p["package_path"], "rb") as fh:
+        content = fh.read()
+    uploaded = client.upload(PLUGIN + "/upload/pkg", "pkg", os.path.basename(p["package_path"]), content)
+    uid = uploaded.get("unique_identifier")
+    if not uid or not uid.startswith(p["plugin_id"] + ":"):
+        raise DifyError("package %s holds %s, not plugin %s" % (p["package_path"], uid, p["plugin_id"]))
+    return uid
+
+
+def marketplace_uid(module, client):
+    p = module.params
+    latest = client.request("POST", PLUGIN + "/list/latest-versions", body={"plugin_ids": [p["plugin_id"]]},
+                            safe=True)
+    entry = (latest.get("versions") or {}).get(p["plugin_id"])
+    if not entry or not entry.get("unique_identifier"):
+        raise DifyError("the marketplace offers no plugin %s (is MARKETPLACE_ENABLED false or the host "
+                        "offline? use package_path with a .difypkg)" % p["plugin_id"])
+    if p["version"] and entry.get("version") != p["version"]:
+        raise DifyError("the marketplace offers %s %s, not %s; use package_path to install a pinned version"
+                        % (p["plugin_id"], entry.get("version"), p["version"]))
+    return entry["unique_identifier"]
+
+
+def run_task(module, client, path, body, landed):
+    answer = client.request("POST", path, body=body, landed=landed)
     task_id = answer.get("task_id") or ""
     if not answer.get("all_installed") and task_id:
         wait_task(module, client, task_id)
-    return uid, task_id
+    return task_id
+
+
+def install(module, client):
+    """A fresh install; returns the task id."""
+    p = module.params
+    found_now = lambda: find_plugin(client, p["plugin_id"]) and {}  # noqa: E731 - a lost POST that landed
+    if p["package_path"]:
+        uid = upload_package(module, client)
+        return run_task(module, client, PLUGIN + "/install/pkg", {"plugin_unique_identifiers": [uid]}, found_now)
+    uid = marketplace_uid(module, client)
+    return run_task(module, client, PLUGIN + "/install/marketplace", {"plugin_unique_identifiers": [uid]},
+                    found_now)
+
+
+def change_version(module, client, found):
+    """Move an installed plugin to another version; returns (task id, how).
+
+    Dify 1.15.0 upgrades in place only what came from the marketplace (or GitHub): its plugin daemon
+    finds the installation to upgrade by its source, and the console API offers no upgrade for an
+    uploaded package. A second install of the same plugin id is refused ("plugin already installed").
+    So a package is moved the way Dify's own web UI does it: uninstall, then install the new package.
+    Dify deletes the plugin's provider-level credentials on uninstall (custom models' credentials stay);
+    dify_model re-registers what is declared.
+    """
+    p = module.params
+    if found.get("source") == "marketplace" and not p["package_path"]:
+        new_uid = marketplace_uid(module, client)
+        body = {"original_plugin_unique_identifier": found["plugin_unique_identifier"],
+                "new_plugin_unique_identifier": new_uid}
+        return run_task(module, client, PLUGIN + "/upgrade/marketplace", body, None), "upgrade"
+    if not p["package_path"]:
+        raise DifyError("%s %s came from %s; a version change needs package_path (a .difypkg of the wanted "
+                        "version)" % (p["plugin_id"], found.get("version"), found.get("source") or "a package"))
+    uid = upload_package(module, client)
+    client.request("POST", PLUGIN + "/uninstall", body={"plugin_installation_id": found["installation_id"]})
+    task_id = run_task(module, client, PLUGIN + "/install/pkg", {"plugin_unique_identifiers": [uid]},
+                       lambda: find_plugin(client, p["plugin_id"]) and {})
+    return task_id, "reinstall"
+
+
+def wanted_version(module):
+    p = module.params
+    if p["package_path"] and p["state"] == "present":
+        have = package_version(p["package_path"])
+        if p["version"] and p["version"] != have:
+            raise DifyError("package_path: %s holds version %s, not version %s" % (p["package_path"], have,
+                                                                                  p["version"]))
+        return have
+    return p["version"]
 
 
 def ensure(module, client):
     p = module.params
+    want = wanted_version(module)
     found = find_plugin(client, p["plugin_id"])
     before = {"plugin_id": p["plugin_id"], "installed": bool(found), "version": (found or {}).get("version")}
     result = dict(changed=False, plugin=found or {}, task_id="")
@@ -147,17 +231,25 @@ def ensure(module, client):
                                body={"plugin_installation_id": found["installation_id"]})
                 result["plugin"] = {}
         return result
-    if found and (not p["version"] or found.get("version") == p["version"]):
+    if found and (not want or found.get("version") == want):
         return result
     result["changed"] = True
     result["diff"] = dict(before=before, after={"plugin_id": p["plugin_id"], "installed": True,
-                                                "version": p["version"] or "latest"})
+                                                "version": want or "latest"})
+    if found:
+        result["version_change"] = "%s -> %s" % (found.get("version"), want or "latest")
     if module.check_mode:
         return result
-    _uid, result["task_id"] = install(module, client)
+    if found:
+        result["task_id"], result["method"] = change_version(module, client, found)
+    else:
+        result["task_id"], result["method"] = install(module, client), "install"
     result["plugin"] = find_plugin(client, p["plugin_id"]) or {}
     if not result["plugin"]:
         raise DifyError("plugin %s was installed but does not show in the plugin list" % p["plugin_id"])
+    if want and result["plugin"].get("version") != want:
+        raise DifyError("plugin %s shows version %s after the install, not %s" % (
+            p["plugin_id"], result["plugin"].get("version"), want))
     return result
 
 

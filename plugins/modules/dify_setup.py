@@ -11,7 +11,9 @@ module: dify_setup
 short_description: Create the first admin account of a Dify instance
 description:
   - Runs Dify's one-time setup (C(POST /console/api/setup)) when C(GET /console/api/setup) says C(not_started).
-  - With O(init_password) (Dify's C(INIT_PASSWORD)) it first validates it with C(POST /console/api/init).
+  - When Dify runs with C(INIT_PASSWORD) (C(GET /console/api/init) answers C(not_started)) it first validates
+    O(init_password) with C(POST /console/api/init), and fails before any write, saying so, when O(init_password)
+    is not given.
   - Reports C(changed=false) when Dify is already set up, and then (by default) proves the credentials by logging in.
   - Inputs are validated before any HTTP call.
 extends_documentation_fragment: [dify]
@@ -57,12 +59,30 @@ version:
   description: Dify version read from C(/health) (empty when unknown).
   returned: always
   type: str
+workspace_id:
+  description: Id of the admin's workspace (the tenant id the admin API key mode sends as C(X-WORKSPACE-ID)).
+  returned: after a login (O(verify_login), not in check mode)
+  type: str
+workspace_name:
+  description: Name of that workspace.
+  returned: after a login (O(verify_login), not in check mode)
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.dify_client import (
     CONSOLE, EMAIL_RE, PASSWORD_RE, DifyClient, DifyError, dify_argument_spec, version_str,
 )
+
+
+INIT_PASSWORD_MISSING = ("this Dify was started with INIT_PASSWORD and has no admin yet: pass that password "
+                         "as init_password (role variable dify_bootstrap_init_password)")
+
+
+def workspace(client):
+    """The admin's current workspace (Dify 1.15.0 answers it to POST only; GET is 405)."""
+    info = client.request("POST", CONSOLE + "/workspaces/current", safe=True)
+    return {"workspace_id": info.get("id") or "", "workspace_name": info.get("name") or ""}
 
 
 def validate(module):
@@ -99,24 +119,34 @@ def main():
         if step == "finished":
             if p["verify_login"] and not module.check_mode:
                 client.login()
+                result.update(workspace(client))
             result["msg"] = "Dify is already set up"
             module.exit_json(**result)
         result["changed"] = True
         result["diff"] = dict(before={"setup": step}, after={"setup": "finished", "admin_email": p["admin_email"],
                                                              "admin_name": p["admin_name"]})
+        # GET /init answers not_started when Dify runs with INIT_PASSWORD and this session has not
+        # validated it yet; then POST /setup would answer a bare 401 "Unauthorized".
+        init_needed = client.request("GET", CONSOLE + "/init", auth=False).get("status") == "not_started"
+        if init_needed and not p["init_password"]:
+            module.fail_json(msg=INIT_PASSWORD_MISSING, setup_step=step)
         if module.check_mode:
             module.exit_json(**result)
-        if p["init_password"]:
+        if init_needed:
+            # keeps the session cookie that marks the init password as validated for /setup
             client.request("POST", CONSOLE + "/init", body={"password": p["init_password"]}, auth=False)
         client.request("POST", CONSOLE + "/setup", auth=False, body={
             "email": p["admin_email"], "name": p["admin_name"], "password": p["admin_password"],
-            "language": p["language"]})
+            "language": p["language"]}, landed=lambda: {} if client.setup_status() == "finished" else None)
         if p["verify_login"]:
             client.login()
+            result.update(workspace(client))
         result["msg"] = "Dify admin account created"
     except DifyError as err:
-        if err.code == "not_init_validated":
-            err.msg += " -- this Dify has INIT_PASSWORD set: pass it as init_password"
+        if err.code in ("not_init_validated", "authentication_error") and "/setup" in (err.path or ""):
+            err.msg += " -- " + INIT_PASSWORD_MISSING
+        elif err.code == "init_validate_failed":
+            err.msg += " -- init_password does not match the INIT_PASSWORD Dify was started with"
         module.fail_json(msg=err.msg, status=err.status, code=err.code)
     module.exit_json(**result)
 

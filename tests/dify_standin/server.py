@@ -4,7 +4,7 @@ It is NOT Dify. It follows the facts in ``shared/dify-api.md`` (Dify 1.15)
 closely enough that the project's ``dify_*`` modules can be tested without
 Dify's images: cookie names (and the ``__Host-`` variants), ``X-CSRF-Token``
 required on every authenticated console call (GETs too), base64 passwords
-(>= 1.11.2), the login lockout after 5 failures, error bodies shaped
+(>= 1.11.2), the login lockout once more than 5 logins failed, error bodies shaped
 ``{"code", "message", "status"}``, dataset name uniqueness and length limit,
 plugin install tasks that advance pending -> running -> success and documents
 whose indexing status advances over time -- both computed from timestamps, so
@@ -45,6 +45,7 @@ try:  # optional, stdlib-only fallback for model endpoint checks
 except ImportError:  # pragma: no cover
     _UrlRequest = _urlopen = None
 
+from . import provider_schemas
 from .store import MemoryStore
 
 CONSOLE = "/console/api"
@@ -293,6 +294,7 @@ class StandIn(object):
             ("POST", c + "/logout", self.post_logout),
             ("POST", c + "/refresh-token", self.post_refresh),
             ("GET", c + "/account/profile", self.get_profile),
+            ("POST", c + "/workspaces/current", self.workspace_current),  # POST only, as in Dify 1.15.0
             ("GET", plug + "/list", self.plugin_list),
             ("POST", plug + "/list/latest-versions", self.plugin_latest),
             ("POST", plug + "/install/marketplace", self.plugin_install_marketplace),
@@ -300,6 +302,7 @@ class StandIn(object):
             ("POST", plug + "/install/pkg", self.plugin_install_pkg),
             ("GET", plug + "/tasks/" + uid, self.plugin_task),
             ("POST", plug + "/uninstall", self.plugin_uninstall),
+            ("GET", c + "/workspaces/current/model-providers", self.model_providers),
             ("GET", mp + "/models/credentials", self.model_cred_get),
             ("POST", mp + "/models/credentials", self.model_cred_post),
             ("PUT", mp + "/models/credentials", self.model_cred_put),
@@ -342,7 +345,8 @@ class StandIn(object):
         return Response(200, {"step": "not_started"})
 
     def get_init(self, req):
-        validated = not self.init_password or self._init_validated(req)
+        # as Dify 1.15.0's get_init_validate_status(): finished once set up or validated in this session
+        validated = not self.init_password or self.is_setup() or self._init_validated(req)
         return Response(200, {"status": "finished" if validated else "not_started"})
 
     def _init_validated(self, req):
@@ -369,8 +373,9 @@ class StandIn(object):
             raise ApiError(403, "already_setup", "Dify has been successfully installed. Please refresh the page "
                            "or return to the dashboard homepage.")
         if self.init_password and not self._init_validated(req):
-            raise ApiError(401, "not_init_validated", "Init validation has not been completed yet. Please proceed "
-                           "with the init validation process first.")
+            # Dify 1.15.0's fastopenapi /setup route answers a bare 401 in its own error shape
+            raise ApiError(401, "authentication_error", "Unauthorized", body={
+                "error": {"type": "authentication_error", "message": "Unauthorized", "status": 401}})
         body = req.json_body()
         email, name, password = body.get("email"), body.get("name"), body.get("password")
         if not isinstance(email, str) or not EMAIL_RE.match(email):
@@ -402,7 +407,7 @@ class StandIn(object):
             raise bad("password: Missing required parameter in the JSON body")
         email = email.lower()
         errors = self.store.get("login_errors", email) or {"count": 0}
-        if errors["count"] >= LOGIN_MAX_ERRORS:
+        if errors["count"] > LOGIN_MAX_ERRORS:  # Dify 1.15.0: `count > 5`; the 6th failure is still a 401
             raise ApiError(429, "email_code_login_limit", "Too many incorrect password attempts. "
                            "Please try again later.")
         if self.version_tuple >= (1, 11, 2):
@@ -444,6 +449,12 @@ class StandIn(object):
         acc = self.authenticate_console(req)
         return Response(200, {"id": acc["id"], "name": acc["name"], "email": acc["email"],
                               "interface_language": acc.get("interface_language")})
+
+    def workspace_current(self, req):
+        self.authenticate_console(req)
+        tenant = self.tenant() or {}
+        return Response(200, {"id": tenant.get("id"), "name": tenant.get("name"), "status": "normal",
+                              "role": "owner", "plan": "sandbox"})
 
     # ------------------------------------------------------------- plugins
     def _uid(self, plugin_id, version):
@@ -597,12 +608,35 @@ class StandIn(object):
     def _model_key(self, provider, model_type, model):
         return "%s|%s|%s" % (provider, model_type, model)
 
+    def model_providers(self, req):
+        """The installed providers with their model credential schemas (what dify_model reads)."""
+        self.authenticate_console(req)
+        self._settle_tasks()
+        model_type = req.query.get("model_type")
+        installed = set(p["plugin_id"] for p in self.store.list("plugins"))
+        data = []
+        for provider, (types, _fields) in sorted(provider_schemas.SCHEMAS.items()):
+            if provider.rsplit("/", 1)[0] not in installed or (model_type and model_type not in types):
+                continue
+            data.append({"provider": provider, "supported_model_types": list(types),
+                         "configurate_methods": ["customizable-model"],
+                         "model_credential_schema": {"model": {"label": {"en_US": "Model Name"}},
+                                                     "credential_form_schemas": provider_schemas.form_schemas(provider)}})
+        return Response(200, {"data": data})
+
     def _validate_credentials(self, provider, model_type, credentials):
+        """As Dify 1.15.0: required schema fields must be present; fields the schema lacks are dropped."""
         if not isinstance(credentials, dict):
             raise bad("credentials: must be an object")
-        for field in PROVIDER_REQUIRED.get(provider, ()):
-            if not credentials.get(field):
+        fields = provider_schemas.fields_for(provider, model_type)
+        for field in [v for v, _t, req in fields if req] or PROVIDER_REQUIRED.get(provider, ()):
+            if credentials.get(field) in (None, ""):
                 raise bad("Variable %s is required" % field)
+        if fields:
+            known = set(v for v, _t, _r in fields)
+            for key in list(credentials):
+                if key not in known:
+                    del credentials[key]
         for field in ("endpoint_url", "server_url", "base_url"):
             val = credentials.get(field)
             if val is not None and not re.match(r"^https?://[^/\s]+", str(val)):

@@ -52,6 +52,15 @@ def _fail_json(self, msg, **kwargs):
     raise ModuleExit(kwargs)
 
 
+def load_filter(name):
+    """plugins/filter/<name>.py as a Python module (its functions are plain functions)."""
+    spec = importlib.util.spec_from_file_location("dify_test_filter_" + name,
+                                                  os.path.join(ROOT, "plugins", "filter", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def load_module(name):
     spec = importlib.util.spec_from_file_location("dify_test_" + name, os.path.join(MODULES, name + ".py"))
     mod = importlib.util.module_from_spec(spec)

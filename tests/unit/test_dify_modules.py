@@ -12,7 +12,9 @@ P = "langgenius/openai_api_compatible/openai_api_compatible"
 MP = C + "/workspaces/current/model-providers/" + P + "/models"
 PL = C + "/workspaces/current/plugin"
 LOGIN = ("POST", C + "/login")
+WORKSPACE = ("POST", C + "/workspaces/current")
 CREDS = {"endpoint_url": "http://127.0.0.1:9/v1", "endpoint_model_name": "tiny", "context_size": "4096"}
+PROVIDERS = ("GET", C + "/workspaces/current/model-providers")  # the credential schema, read before writing
 
 
 def last(standin, method, path):
@@ -32,20 +34,22 @@ def test_setup_create_then_noop(standin, run_module):
     mark = standin.mark()
     res = run_module("dify_setup", standin.args(admin_name="Ops"))
     assert res["changed"] and res["setup_step"] == "not_started"
-    assert standin.calls(mark) == [("GET", C + "/setup"), ("POST", C + "/setup"), LOGIN]
+    assert standin.calls(mark) == [("GET", C + "/setup"), ("GET", C + "/init"), ("POST", C + "/setup"), LOGIN,
+                                   WORKSPACE]
+    assert res["workspace_id"] == standin.state.tenant()["id"]
     assert last(standin, "POST", C + "/setup")["json"] == {
         "email": "admin@example.com", "name": "Ops", "password": "Sup3rSecret", "language": "en-US"}
     assert res["diff"]["after"]["admin_email"] == "admin@example.com"
     mark = standin.mark()
     res = run_module("dify_setup", standin.args(admin_name="Ops"))
     assert not res["changed"] and res["setup_step"] == "finished"
-    assert standin.calls(mark) == [("GET", C + "/setup"), LOGIN]
+    assert standin.calls(mark) == [("GET", C + "/setup"), LOGIN, WORKSPACE]
 
 
 def test_setup_check_mode_changes_nothing(standin, run_module):
     res = run_module("dify_setup", standin.args(), check_mode=True)
     assert res["changed"]
-    assert standin.calls() == [("GET", C + "/setup")]
+    assert standin.calls() == [("GET", C + "/setup"), ("GET", C + "/init")]
     assert not standin.state.is_setup()
 
 
@@ -71,11 +75,13 @@ def test_setup_invalid_input_fails_before_http(standin, run_module, args, needle
 def test_setup_with_init_password(standin_factory, run_module):
     standin = standin_factory(init_password="InitPw99")
     res = run_module("dify_setup", standin.args())
-    assert res["failed"] and "not_init_validated" in res["msg"] and "init_password" in res["msg"]
+    assert res["failed"] and "INIT_PASSWORD" in res["msg"] and "dify_bootstrap_init_password" in res["msg"]
+    assert standin.calls() == [("GET", C + "/setup"), ("GET", C + "/init")]  # nothing written
     mark = standin.mark()
     res = run_module("dify_setup", standin.args(init_password="InitPw99"))
     assert res["changed"]
-    assert standin.calls(mark) == [("GET", C + "/setup"), ("POST", C + "/init"), ("POST", C + "/setup"), LOGIN]
+    assert standin.calls(mark) == [("GET", C + "/setup"), ("GET", C + "/init"), ("POST", C + "/init"),
+                                   ("POST", C + "/setup"), LOGIN, WORKSPACE]
     assert "session=" in last(standin, "POST", C + "/setup")["headers"]["cookie"]
 
 
@@ -163,9 +169,10 @@ def test_model_create_noop_update_delete(ready, run_module):
     mark = s.mark()
     res = run_module("dify_model", model_args(s))
     assert res["changed"] and res["credential_id"]
-    assert s.calls(mark) == [LOGIN, ("GET", MP + "/credentials"), ("POST", MP + "/credentials"),
+    assert s.calls(mark) == [LOGIN, PROVIDERS, ("GET", MP + "/credentials"), ("POST", MP + "/credentials"),
                              ("GET", MP + "/credentials")]
-    assert s.requests[mark + 2]["query"] == {"model": "tiny-llm", "model_type": "llm"}
+    assert s.requests[mark + 2]["query"] == {"model_type": "llm"}
+    assert s.requests[mark + 3]["query"] == {"model": "tiny-llm", "model_type": "llm"}
     assert last(s, "POST", MP + "/credentials")["json"] == {
         "model": "tiny-llm", "model_type": "llm", "credentials": dict(CREDS, api_key="sk-local-0123456789")}
     assert res["diff"]["after"]["credentials"]["api_key"] == "********"
@@ -174,12 +181,12 @@ def test_model_create_noop_update_delete(ready, run_module):
     mark = s.mark()
     res = run_module("dify_model", model_args(s))
     assert not res["changed"], res
-    assert s.calls(mark) == [LOGIN, ("GET", MP + "/credentials")]
+    assert s.calls(mark) == [LOGIN, PROVIDERS, ("GET", MP + "/credentials")]
 
     mark = s.mark()
     res = run_module("dify_model", model_args(s, credentials=dict(CREDS, context_size="8192")))
     assert res["changed"] and res["changed_fields"] == ["context_size"]
-    assert s.calls(mark) == [LOGIN, ("GET", MP + "/credentials"), ("PUT", MP + "/credentials")]
+    assert s.calls(mark) == [LOGIN, PROVIDERS, ("GET", MP + "/credentials"), ("PUT", MP + "/credentials")]
     put = last(s, "PUT", MP + "/credentials")["json"]
     assert put["credential_id"] == res["credential_id"] and put["credentials"]["context_size"] == "8192"
 
@@ -201,7 +208,7 @@ def test_model_check_mode_and_validation(ready, run_module):
     s = ready
     mark = s.mark()
     res = run_module("dify_model", model_args(s), check_mode=True)
-    assert res["changed"] and s.calls(mark) == [LOGIN, ("GET", MP + "/credentials")]
+    assert res["changed"] and s.calls(mark) == [LOGIN, PROVIDERS, ("GET", MP + "/credentials")]
     mark = s.mark()
     res = run_module("dify_model", model_args(s, model_type="chat"))
     assert res["failed"] and "model_type" in res["msg"] and s.mark() == mark
@@ -213,13 +220,31 @@ def test_model_provider_without_plugin_reports_dify_error(standin, run_module):
     run_module("dify_setup", standin.args())
     res = run_module("dify_model", model_args(standin))
     assert res["failed"]
-    assert "HTTP 400 invalid_param: Provider %s does not exist." % P in res["msg"]
+    assert "provider %s is not installed in this workspace" % P in res["msg"]
+
+
+@pytest.mark.parametrize("creds,needle", [
+    (dict(CREDS, invoke_timeout="60"), "invoke_timeout not in the schema (Dify would drop them)"),
+    ({"endpoint_url": "http://127.0.0.1:9/v1"}, "context_size required"),
+], ids=["unknown-field", "missing-required"])
+def test_model_credentials_checked_against_the_schema_before_any_write(ready, run_module, creds, needle):
+    s = ready
+    mark = s.mark()
+    res = run_module("dify_model", model_args(s, credentials=creds))
+    assert res["failed"] and needle in res["msg"], res
+    assert s.calls(mark) == [LOGIN, PROVIDERS]
+
+
+def test_model_embedding_needs_max_chunks(ready, run_module):
+    res = run_module("dify_model", model_args(ready, model="e", model_type="text-embedding"))
+    assert res["failed"] and "max_chunks required" in res["msg"]
 
 
 @pytest.fixture
 def models(ready, run_module):
     for mtype, name in (("llm", "tiny-llm"), ("text-embedding", "tiny-embed"), ("rerank", "tiny-rerank")):
-        assert run_module("dify_model", model_args(ready, model=name, model_type=mtype))["changed"]
+        creds = dict(CREDS, max_chunks="8") if mtype == "text-embedding" else dict(CREDS)
+        assert run_module("dify_model", model_args(ready, model=name, model_type=mtype, credentials=creds))["changed"]
     return ready
 
 

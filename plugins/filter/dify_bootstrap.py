@@ -1,0 +1,83 @@
+"""Filters of the dify_bootstrap role: checks of the model endpoints before any HTTP call.
+
+Pure functions (no I/O); unit tests: tests/unit/test_dify_bootstrap_filters.py.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = """
+name: dify_bootstrap
+short_description: checks of dify_bootstrap_model_endpoints against the provider plugins' schemas
+description:
+  - C(dify_endpoint_problems) lists, for each endpoint, the credential fields its provider's schema requires
+    but the endpoint lacks, and the fields the schema does not know (Dify would silently drop them).
+"""
+
+MODEL_TYPES = ("llm", "text-embedding", "rerank", "speech2text", "tts", "moderation")
+
+# Credential fields of the provider plugins the project registers, per model type: (required, optional).
+# From each plugin's provider/<name>.yaml (model_credential_schema) in langgenius/dify-official-plugins
+# at 7af22831 (openai_api_compatible 0.0.63, huggingface_tei 0.1.10, ollama 0.1.x);
+# tests/unit/test_dify_bootstrap_filters.py compares this table with those YAML files.
+_OAC_LLM_OPTIONAL = (
+    "display_name", "api_key", "endpoint_model_name", "mode", "max_tokens_to_sample", "agent_thought_support",
+    "web_search_support", "compatibility_mode", "token_param_name", "user_identity_support",
+    "stream_include_usage", "function_calling_type", "stream_function_calling", "vision_support",
+    "video_support", "audio_support", "document_support", "structured_output_support", "stream_mode_auth",
+    "stream_mode_delimiter")
+PROVIDER_FIELDS = {
+    "langgenius/openai_api_compatible/openai_api_compatible": {
+        "llm": (("endpoint_url", "context_size"), _OAC_LLM_OPTIONAL),
+        "text-embedding": (("endpoint_url", "context_size", "max_chunks"),
+                           ("display_name", "api_key", "endpoint_model_name", "encoding_format", "vision_support",
+                            "document_prefix", "query_prefix")),
+        "rerank": (("endpoint_url", "context_size"),
+                   ("display_name", "api_key", "endpoint_model_name", "vision_support")),
+    },
+    "langgenius/huggingface_tei/huggingface_tei": {
+        "text-embedding": (("server_url", "invoke_timeout", "max_retries"), ("api_key",)),
+        "rerank": (("server_url", "invoke_timeout", "max_retries"), ("api_key",)),
+    },
+}
+
+
+def dify_endpoint_problems(endpoints):
+    """['<model_type> <model> (<provider>): context_size required; foo unknown', ...] -- empty when all is well.
+
+    Providers the table does not know are left to dify_model, which checks against the live schema.
+    """
+    problems = []
+    for ep in endpoints or []:
+        if not isinstance(ep, dict):
+            problems.append("%r is not a mapping" % (ep,))
+            continue
+        label = "%s %s (%s)" % (ep.get("model_type"), ep.get("model"), ep.get("provider"))
+        if ep.get("model_type") not in MODEL_TYPES:
+            problems.append("%s: model_type must be one of %s" % (label, ", ".join(MODEL_TYPES)))
+            continue
+        fields = PROVIDER_FIELDS.get(ep.get("provider"))
+        creds = ep.get("credentials") or {}
+        if fields is None:
+            continue
+        if ep["model_type"] not in fields:
+            problems.append("%s: the provider serves %s, not %s" % (label, ", ".join(sorted(fields)),
+                                                                    ep["model_type"]))
+            continue
+        required, optional = fields[ep["model_type"]]
+        missing = [f for f in required if creds.get(f) in (None, "")]
+        unknown = sorted(set(creds) - set(required) - set(optional))
+        found = []
+        if missing:
+            found.append("%s required" % ", ".join(missing))
+        if unknown:
+            found.append("%s not in the provider's schema (Dify would drop them)" % ", ".join(unknown))
+        if found:
+            problems.append("%s: %s" % (label, "; ".join(found)))
+    return problems
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"dify_endpoint_problems": dify_endpoint_problems}

@@ -1,0 +1,53 @@
+"""plugins/filter/dify_bootstrap.py: endpoint checks, and its schema table against the plugins' YAML."""
+
+import os
+import tarfile
+
+import pytest
+import yaml
+
+from conftest import ROOT, load_filter
+
+f = load_filter("dify_bootstrap")
+OAC = "langgenius/openai_api_compatible/openai_api_compatible"
+TEI = "langgenius/huggingface_tei/huggingface_tei"
+PLUGINS_ARCHIVE = os.path.join(ROOT, "..", "shared", "upstream", "dify-official-plugins-7af22831-models.tar.gz")
+
+
+def ep(provider, model_type, **creds):
+    return {"provider": provider, "model_type": model_type, "model": "m", "credentials": creds}
+
+
+@pytest.mark.parametrize("endpoint,problem", [
+    (ep(OAC, "llm", endpoint_url="http://h/v1", context_size="4096"), None),
+    (ep(OAC, "llm", endpoint_url="http://h/v1"), "llm m (%s): context_size required" % OAC),
+    (ep(OAC, "text-embedding", endpoint_url="http://h/v1", context_size="512"), "max_chunks required"),
+    (ep(OAC, "rerank", endpoint_url="http://h/v1", context_size="512", max_chunks="8"),
+     "max_chunks not in the provider's schema (Dify would drop them)"),
+    (ep(TEI, "text-embedding", server_url="http://h", invoke_timeout="60", max_retries="3"), None),
+    (ep(TEI, "text-embedding", server_url="http://h"), "invoke_timeout, max_retries required"),
+    (ep(TEI, "llm", server_url="http://h"), "the provider serves rerank, text-embedding, not llm"),
+    (ep(OAC, "chat"), "model_type must be one of"),
+    (ep("someone/other/provider", "llm", anything="x"), None),  # left to dify_model's live check
+], ids=["ok", "llm-context", "embed-max-chunks", "rerank-unknown", "tei-ok", "tei-missing", "tei-llm",
+        "bad-type", "unknown-provider"])
+def test_endpoint_problems(endpoint, problem):
+    problems = f.dify_endpoint_problems([endpoint])
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0], problems
+
+
+@pytest.mark.skipif(not os.path.isfile(PLUGINS_ARCHIVE), reason="upstream plugin archive not beside the project")
+def test_table_matches_the_plugins_own_schemas():
+    names = {OAC: "openai_api_compatible", TEI: "huggingface_tei"}
+    with tarfile.open(PLUGINS_ARCHIVE) as tar:
+        for provider, name in names.items():
+            member = "dify-official-plugins-7af22831/models/%s/provider/%s.yaml" % (name, name)
+            forms = yaml.safe_load(tar.extractfile(member))["model_credential_schema"]["credential_form_schemas"]
+            for model_type, (required, optional) in f.PROVIDER_FIELDS[provider].items():
+                applies = [x for x in forms if all(c["value"] == model_type for c in x.get("show_on") or []
+                                                   if c["variable"] == "__model_type")]
+                assert sorted(x["variable"] for x in applies if x.get("required")) == sorted(required), model_type
+                assert sorted(set(x["variable"] for x in applies)) == sorted(set(required) | set(optional)), model_type
