@@ -105,12 +105,23 @@ def _fingerprint(body):
     raise AnsibleFilterError("openpgp_fingerprints: public key version %d is not supported (v4 and v6 are)" % version)
 
 
-def openpgp_fingerprints(content):
-    """Fingerprints of the primary keys in a key file (armoured text, binary or slurp base64)."""
-    data = _key_bytes(content)
-    if not data:
-        return []
-    return [_fingerprint(body) for tag, body in _packets(data) if tag == PUBLIC_KEY]
+def openpgp_fingerprints(content, errors="strict"):
+    """Fingerprints of the primary keys in a key file (armoured text, binary or slurp base64).
+
+    errors="ignore" returns [] for content that is not a key (a corrupt or foreign file that
+    a role is about to replace) instead of failing.
+    """
+    if errors not in ("strict", "ignore"):
+        raise AnsibleFilterError("openpgp_fingerprints: errors must be strict or ignore, got %r" % (errors,))
+    try:
+        data = _key_bytes(content)
+        if not data:
+            return []
+        return [_fingerprint(body) for tag, body in _packets(data) if tag == PUBLIC_KEY]
+    except (AnsibleFilterError, IndexError):
+        if errors == "ignore":
+            return []
+        raise
 
 
 def openpgp_fingerprint_normalize(value):

@@ -76,6 +76,14 @@ def test_refuses_what_is_not_a_key(bad):
         openpgp.openpgp_fingerprints(bad)
 
 
+@pytest.mark.parametrize("bad", [
+    "edge-standin-key (not Cloudflare's key; rendering test only)\n",
+    base64.b64encode(b"\x99\x01").decode(),   # truncated packet
+])
+def test_ignore_errors_gives_no_fingerprint(bad):
+    assert openpgp.openpgp_fingerprints(bad, errors="ignore") == []
+
+
 @pytest.mark.parametrize("value,expected", [
     ("0218 2E60 104F CDC2 6EAE  1B85 97A5 D4CB 8793 F200", "02182E60104FCDC26EAE1B8597A5D4CB8793F200"),
     ("eb693b3035cd5710e231e123a4b469963bf863cc", "EB693B3035CD5710E231E123A4B469963BF863CC"),
