@@ -4,7 +4,7 @@ PYTHON ?= python3
 INVENTORY ?= inventories/local/hosts.yml
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
 
-.PHONY: setup deploy check test lint unit molecule bench clean
+.PHONY: setup deploy check test lint unit integration molecule bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ lint: setup
 
 unit: setup
 	tests/run.sh unit
+
+## Integration tests against real Dify (api + worker from upstream source; tests/real_dify).
+integration: setup
+	tests/run.sh integration
 
 ## make molecule S="docker nvidia"
 molecule: setup

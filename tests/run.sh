@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test run: what `make test` and CI execute.
 #   tests/run.sh            everything: engine + images, lint, unit/integration, all scenarios
-#   tests/run.sh lint|unit  one part
+#   tests/run.sh lint|unit|integration  one part (integration: against real Dify, tests/real_dify)
 #   tests/run.sh molecule [scenario...]   scenarios only (default: all)
 # Ends with one summary line: "summary: N passed, N failed[, N skipped]".
 # DIFY_TEST_KEEP_GOING=0 skips the scenarios when lint or unit tests failed (default 1: run them).
@@ -46,12 +46,19 @@ run_lint() {
   yamllint -s . && ansible-lint --offline -q
 }
 
-run_unit() {
-  local dirs=(); for d in tests/unit tests/integration; do [[ -d $d ]] && dirs+=("$d"); done
-  python -m pytest -q -p no:cacheprovider "${dirs[@]}"
+pytest_dir() {  # dir: fail when nothing was collected
+  python -m pytest -q -p no:cacheprovider --durations=15 "$1"
   local rc=$?
-  [[ $rc -eq 5 ]] && { echo "no tests were collected"; return 1; }
+  [[ $rc -eq 5 ]] && { echo "no tests were collected in $1"; return 1; }
   return $rc
+}
+
+run_unit() { pytest_dir tests/unit; }
+
+# Against REAL Dify (tests/real_dify: api + worker from upstream source, started once, torn down at the end).
+run_integration() {
+  scripts/ensure-test-tools.sh || return 1
+  pytest_dir tests/integration
 }
 
 scenarios() {
@@ -97,17 +104,19 @@ case "$what" in
     step host-prepare prepare_host
     step lint run_lint
     step unit run_unit
+    step integration run_integration
     if [[ $failed -eq 0 || ${DIFY_TEST_KEEP_GOING:-1} == 1 ]]; then
       for s in $(scenarios); do run_scenario "$s"; done
     fi
     ;;
   lint) step lint run_lint ;;
   unit) step unit run_unit ;;
+  integration) step integration run_integration ;;
   molecule)
     step host-prepare prepare_host
     if [[ $# -gt 0 ]]; then list=("$@"); else read -r -a list <<<"$(scenarios)"; fi
     for s in "${list[@]}"; do run_scenario "$s"; done
     ;;
-  *) echo "usage: tests/run.sh [all|lint|unit|molecule [scenario...]]" >&2; exit 2 ;;
+  *) echo "usage: tests/run.sh [all|lint|unit|integration|molecule [scenario...]]" >&2; exit 2 ;;
 esac
 summary

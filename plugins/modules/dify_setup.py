@@ -143,10 +143,12 @@ def main():
             result.update(workspace(client))
         result["msg"] = "Dify admin account created"
     except DifyError as err:
-        if err.code in ("not_init_validated", "authentication_error") and "/setup" in (err.path or ""):
-            err.msg += " -- " + INIT_PASSWORD_MISSING
-        elif err.code == "init_validate_failed":
+        path = err.path or ""
+        if path.endswith("/init") and err.status == 401:
+            # Dify 1.15.0 answers a wrong init password with a bare fastopenapi 401 "Unauthorized"
             err.msg += " -- init_password does not match the INIT_PASSWORD Dify was started with"
+        elif err.code in ("not_init_validated", "authentication_error") and path.endswith("/setup"):
+            err.msg += " -- " + INIT_PASSWORD_MISSING
         module.fail_json(msg=err.msg, status=err.status, code=err.code)
     module.exit_json(**result)
 

@@ -355,23 +355,25 @@ class StandIn(object):
 
     def post_init(self, req):
         if self.is_setup():
-            raise ApiError(403, "already_setup", "Dify has been successfully installed. Please refresh the page "
-                           "or return to the dashboard homepage.")
+            raise ApiError(403, "authorization_error", "Forbidden", body={
+                "error": {"type": "authorization_error", "message": "Forbidden", "status": 403}})
         body = req.json_body()
         password = body.get("password")
         if not isinstance(password, str) or len(password) > 30:
             raise bad("password: must be a string of at most 30 characters")
         if not self.init_password or password != self.init_password:
-            raise ApiError(401, "init_validate_failed", "Init validation failed. Please check the password and "
-                           "try again.")
+            # Dify 1.15.0's fastopenapi /init route turns InitValidateFailedError into a bare 401
+            raise ApiError(401, "authentication_error", "Unauthorized", body={
+                "error": {"type": "authentication_error", "message": "Unauthorized", "status": 401}})
         sid = secrets.token_urlsafe(16)
         self.store.put("init_sessions", sid, {"id": sid})
         return Response(201, {"result": "success"}, cookies=["session=%s; Path=/; HttpOnly" % sid])
 
     def post_setup(self, req):
         if self.is_setup():
-            raise ApiError(403, "already_setup", "Dify has been successfully installed. Please refresh the page "
-                           "or return to the dashboard homepage.")
+            # Dify 1.15.0's fastopenapi /setup route answers AlreadySetupError as a bare 403
+            raise ApiError(403, "authorization_error", "Forbidden", body={
+                "error": {"type": "authorization_error", "message": "Forbidden", "status": 403}})
         if self.init_password and not self._init_validated(req):
             # Dify 1.15.0's fastopenapi /setup route answers a bare 401 in its own error shape
             raise ApiError(401, "authentication_error", "Unauthorized", body={
@@ -468,9 +470,10 @@ class StandIn(object):
             if now() - task["created_at"] < self.task_seconds:
                 continue
             for p in task["plugins"]:
-                for inst in self.store.list("plugins"):
-                    if inst["plugin_id"] == p["plugin_id"]:
-                        self.store.delete("plugins", inst["installation_id"])
+                if any(inst["plugin_id"] == p["plugin_id"] for inst in self.store.list("plugins")):
+                    # as the plugin daemon 0.6.3: an installed plugin id stays as it is (its install job
+                    # ignores "plugin already installed" and the task still succeeds)
+                    continue
                 inst_id = str(uuid.uuid4())
                 self.store.put("plugins", inst_id, {
                     "id": inst_id, "installation_id": inst_id, "plugin_id": p["plugin_id"],
@@ -482,12 +485,15 @@ class StandIn(object):
             self.store.put("plugin_tasks", task["id"], task)
 
     def _task_status(self, task):
+        """The task as the plugin daemon reports it: running until done (never pending)."""
+        return "success" if now() - task["created_at"] >= self.task_seconds else "running"
+
+    def _entry_status(self, task):
+        """Each plugin of a task: pending, then running, then success."""
         age = now() - task["created_at"]
         if age >= self.task_seconds:
             return "success"
-        if age >= self.task_seconds / 3.0:
-            return "running"
-        return "pending"
+        return "running" if age >= self.task_seconds / 3.0 else "pending"
 
     def plugin_list(self, req):
         self.authenticate_console(req)
@@ -582,8 +588,9 @@ class StandIn(object):
         status = self._task_status(task)
         if status == "success":
             self._settle_tasks()
+        entry = self._entry_status(task)
         plugins = [{"plugin_unique_identifier": p["plugin_unique_identifier"], "plugin_id": p["plugin_id"],
-                    "status": status, "message": "" if status != "success" else "installed"}
+                    "status": entry, "message": "" if entry != "success" else "installed"}
                    for p in task["plugins"]]
         return Response(200, {"task": {"id": task_id, "status": status, "total_plugins": len(plugins),
                                        "completed_plugins": len(plugins) if status == "success" else 0,

@@ -1,13 +1,14 @@
-"""Integration tests: the dify_bootstrap role run by ansible-runner (connection local) against the
-Dify API stand-in (tests/dify_standin, a test double -- not Dify) served from a thread of pytest.
+"""Integration tests against REAL Dify: its api and Celery worker from upstream source (tests/real_dify),
+with the plugin daemon played by tests/plugin_daemon_standin running the real provider plugin code
+against real llama.cpp servers. Started once per pytest session (``real_dify``), torn down at the end.
 
-Model servers are not called: the stand-in checks the credentials' shape only, unless started
-with check_model_endpoints=True (then it calls them like Dify does).
+Roles and modules run through ansible-runner (connection local), exactly as ansible-playbook runs them.
 """
 
+import copy
+import json
 import os
 import sys
-import threading
 
 import pytest
 
@@ -15,67 +16,51 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TESTS = os.path.join(ROOT, "tests")
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
+MODULE_UTILS = os.path.join(ROOT, "plugins", "module_utils")
 
-from dify_standin.server import make_server  # noqa: E402
+import ansible.module_utils  # noqa: E402
 
-P = "langgenius/openai_api_compatible/openai_api_compatible"
-# model_servers_dify_endpoints as the model_servers role publishes it (contract 2)
-ENDPOINTS = [
-    {"name": "llm", "kind": "llm", "model_type": "llm", "plugin_id": "langgenius/openai_api_compatible",
-     "provider": P, "model": "tiny-chat", "max_batch": 1,
-     "credentials": {"endpoint_url": "http://host.docker.internal:17201/v1", "endpoint_model_name": "tiny-chat",
-                     "mode": "chat", "context_size": 4096, "max_tokens_to_sample": 512}},
-    {"name": "embed", "kind": "embedding", "model_type": "text-embedding",
-     "plugin_id": "langgenius/openai_api_compatible", "provider": P, "model": "tiny-embed", "max_batch": 32,
-     "credentials": {"endpoint_url": "http://host.docker.internal:17202/v1", "endpoint_model_name": "tiny-embed",
-                     "context_size": 512, "max_chunks": 32}},
-    {"name": "rerank", "kind": "rerank", "model_type": "rerank", "plugin_id": "langgenius/openai_api_compatible",
-     "provider": P, "model": "tiny-rerank", "max_batch": 32,
-     "credentials": {"endpoint_url": "http://host.docker.internal:17203/v1", "endpoint_model_name": "tiny-rerank",
-                     "context_size": 512, "api_key": "sk-local-rerank-1"}},
-]
+if MODULE_UTILS not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(MODULE_UTILS)
 
-PLAYBOOK = """- name: Bootstrap Dify (integration test against the stand-in)
-  hosts: dify
-  gather_facts: false
-  roles:
-    - role: dify_bootstrap
-"""
+from real_dify.harness import RealDify  # noqa: E402
+
+OAC_ID = "langgenius/openai_api_compatible"
+TEI_ID = "langgenius/huggingface_tei"
+ADMIN_EMAIL = "admin@example.com"
 
 
-class Standin(object):
-    def __init__(self, **options):
-        options.setdefault("task_seconds", 0.2)
-        self.srv = make_server(("127.0.0.1", 0), **options)
-        self.state = self.srv.standin
-        self.url = "http://127.0.0.1:%d" % self.srv.server_address[1]
-        self.thread = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-    def mutations(self, since=0):
-        """Requests that could change state (everything but GET/HEAD, logins and token refreshes)."""
-        return [(r["method"], r["path"]) for r in self.state.requests[since:]
-                if r["method"] not in ("GET", "HEAD")
-                and r["path"] not in ("/console/api/login", "/console/api/refresh-token")]
+@pytest.fixture(scope="session")
+def real_dify():
+    """Real Dify 1.15.0 (the version roles/dify deploys), fresh databases, for the whole session."""
+    harness = RealDify()
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
 
 
-@pytest.fixture
-def endpoints():
-    """A fresh copy of ENDPOINTS (contract 2 shape)."""
-    import copy
+def build_package(src, out_dir, version=None):
+    """A .difypkg of a vendored provider plugin (optionally with another manifest version), the way an
+    offline host gets one; returns its path."""
+    from plugin_daemon_standin import difypkg
 
-    return copy.deepcopy(ENDPOINTS)
+    path = os.path.join(out_dir, "%s-%s.difypkg" % (os.path.basename(src.rstrip("/")), version or "upstream"))
+    difypkg.build(src, path, set_version=version, uv=os.path.join(os.path.dirname(sys.executable), "uv"))
+    return path
 
 
-@pytest.fixture
-def standin():
-    s = Standin()
-    yield s
-    s.stop()
+@pytest.fixture(scope="session")
+def plugin_packages(real_dify, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("difypkg"))
+    models = os.path.join(real_dify.plugins_src, "models")
+    return {
+        OAC_ID: build_package(os.path.join(models, "openai_api_compatible"), out),
+        TEI_ID: build_package(os.path.join(models, "huggingface_tei"), out),
+        "_dir": out,
+        "_models": models,
+    }
 
 
 class RoleRun(object):
@@ -103,45 +88,90 @@ class RoleRun(object):
                           if ev.get("event") in ("runner_on_ok", "runner_item_on_ok")
                           and ev["event_data"].get("res", {}).get("changed")))
 
+    def results(self, task):
+        """Module results of one task: one per loop item for a loop, else the task's own."""
+        mine = [ev for ev in self.events if ev["event_data"].get("task") == task] if self.events else []
+        items = [ev["event_data"]["res"] for ev in mine if ev.get("event") in ("runner_item_on_ok",
+                                                                               "runner_item_on_failed")]
+        return items or [ev["event_data"]["res"] for ev in mine
+                         if ev.get("event") in ("runner_on_ok", "runner_on_failed")]
 
-@pytest.fixture
-def run_role(tmp_path):
+
+def _envvars(tmp):
+    bindir = os.path.dirname(sys.executable)
+    return {
+        "ANSIBLE_ROLES_PATH": os.path.join(ROOT, "roles"),
+        "ANSIBLE_LIBRARY": os.path.join(ROOT, "plugins", "modules"),
+        "ANSIBLE_MODULE_UTILS": os.path.join(ROOT, "plugins", "module_utils"),
+        "ANSIBLE_FILTER_PLUGINS": os.path.join(ROOT, "plugins", "filter"),
+        "ANSIBLE_ACTION_PLUGINS": os.path.join(ROOT, "plugins", "action"),
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_LOCAL_TEMP": os.path.join(tmp, "ansible-tmp"),
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+    }
+
+
+@pytest.fixture(scope="session")
+def ansible_run(tmp_path_factory):
+    """ansible_run(playbook_text, extravars, check=False) -> RoleRun (ansible-runner, connection local)."""
     import ansible_runner
 
+    base = tmp_path_factory.mktemp("runner")
     counter = {"n": 0}
 
-    def run(url, extravars=None, check=False, creds_dir=None, verbose=False):
+    def run(playbook, extravars=None, check=False, verbose=False):
         counter["n"] += 1
-        pdd = tmp_path / ("runner%d" % counter["n"])
+        pdd = base / ("run%d" % counter["n"])
         (pdd / "project").mkdir(parents=True)
         (pdd / "inventory").mkdir()
-        (pdd / "project" / "site.yml").write_text(PLAYBOOK)
+        (pdd / "project" / "site.yml").write_text(playbook)
         (pdd / "inventory" / "hosts").write_text(
             "[dify]\nlocalhost ansible_connection=local ansible_python_interpreter=%s\n" % sys.executable)
-        variables = {
-            "dify_bootstrap_url": url,
-            "dify_bootstrap_public_url": "https://dify.example.test",
-            "dify_bootstrap_credentials_dir": str(creds_dir or (tmp_path / "creds")),
-            "dify_bootstrap_retries": 1,
-            "model_servers_dify_endpoints": ENDPOINTS,
-        }
-        variables.update(extravars or {})
-        bindir = os.path.dirname(sys.executable)
-        envvars = {
-            "ANSIBLE_ROLES_PATH": os.path.join(ROOT, "roles"),
-            "ANSIBLE_LIBRARY": os.path.join(ROOT, "plugins", "modules"),
-            "ANSIBLE_MODULE_UTILS": os.path.join(ROOT, "plugins", "module_utils"),
-            "ANSIBLE_FILTER_PLUGINS": os.path.join(ROOT, "plugins", "filter"),
-            "ANSIBLE_HOST_KEY_CHECKING": "False",
-            "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-            "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
-        }
-        result = ansible_runner.run(private_data_dir=str(pdd), playbook="site.yml", extravars=variables,
-                                    envvars=envvars, quiet=True, cmdline=("--check --diff" if check else "--diff") + (" -v" if verbose else ""),
+        cmdline = ("--check --diff" if check else "--diff") + (" -v" if verbose else "")
+        result = ansible_runner.run(private_data_dir=str(pdd), playbook="site.yml", extravars=extravars or {},
+                                    envvars=_envvars(str(base)), quiet=True, cmdline=cmdline,
                                     settings={"suppress_ansible_output": True})
         return RoleRun(result)
 
     return run
 
+
+BOOTSTRAP_PLAYBOOK = """- name: Bootstrap Dify (integration test against real Dify)
+  hosts: dify
+  gather_facts: false
+  roles:
+    - role: dify_bootstrap
+"""
+
+
+@pytest.fixture(scope="session")
+def bootstrap_vars(real_dify, plugin_packages, tmp_path_factory):
+    """Role variables of a bootstrap against the harness's Dify: its model servers, offline plugin packages."""
+    creds = str(tmp_path_factory.mktemp("creds"))
+    return {
+        "dify_bootstrap_url": real_dify.url,
+        "dify_bootstrap_public_url": real_dify.public_url,
+        "dify_bootstrap_credentials_dir": creds,
+        "dify_bootstrap_plugin_packages": {OAC_ID: plugin_packages[OAC_ID]},
+        "dify_bootstrap_plugin_wait_timeout": 600,
+        "dify_bootstrap_wait_timeout": 60,
+        "model_servers_dify_endpoints": real_dify.model_endpoints(),
+    }
+
+
+@pytest.fixture(scope="session")
+def run_bootstrap(ansible_run, bootstrap_vars):
+    def run(extravars=None, check=False, verbose=False):
+        variables = copy.deepcopy(bootstrap_vars)
+        variables.update(extravars or {})
+        return ansible_run(BOOTSTRAP_PLAYBOOK, variables, check=check, verbose=verbose)
+
+    return run
+
+
+def module_playbook(module, args, register=True):
+    """A one-task playbook running ``module`` with ``args`` (JSON is valid YAML)."""
+    return ("- hosts: dify\n  gather_facts: false\n  tasks:\n    - name: run %s\n      %s: %s\n"
+            % (module, module, json.dumps(args)))

@@ -1,101 +1,240 @@
-"""The dify_bootstrap role against the Dify API stand-in (a test double), via ansible-runner."""
+"""The dify_bootstrap role against REAL Dify 1.15.0 (tests/real_dify), via ansible-runner.
+
+In file order (one Dify for the session): check mode on a fresh Dify, the first converge, a no-op
+re-run, check mode on the converged Dify, a document indexed by the real worker through the real
+embedding path and answered by the chat app, then behaviours that change state (lockout, plugin
+version change) last.
+"""
 
 import base64
 import os
 import stat
+import time
 
 import pytest
 
+from ansible.module_utils.dify_client import DifyClient, DifyError, DifyLoginLocked
+from conftest import ADMIN_EMAIL, OAC_ID, build_package, module_playbook
+
 P = "langgenius/openai_api_compatible/openai_api_compatible"
+C = "/console/api"
 
 
 def mode_of(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_converge_then_idempotent_then_check(standin, run_role, tmp_path):
-    first = run_role(standin.url, verbose=True)
-    assert first.rc == 0, first.failures()
-    assert first.changed.get("localhost", 0) > 0
-    st = standin.state.store
-    assert standin.state.is_setup()
-    assert [p["plugin_id"] for p in st.list("plugins")] == ["langgenius/openai_api_compatible"]
-    models = sorted((m["model_type"], m["model"]) for m in st.list("model_credentials"))
-    assert models == [("llm", "tiny-chat"), ("rerank", "tiny-rerank"), ("text-embedding", "tiny-embed")]
-    embed = [m for m in st.list("model_credentials") if m["model"] == "tiny-embed"][0]
-    assert embed["credentials"] == {"endpoint_url": "http://host.docker.internal:17202/v1",
-                                    "endpoint_model_name": "tiny-embed", "context_size": "512", "max_chunks": "32"}
-    assert [m for m in st.list("model_credentials") if m["model"] == "tiny-rerank"][0]["credentials"]["api_key"] \
-        == "sk-local-rerank-1"
-    assert {t: st.get("default_models", t)["model"] for t in ("llm", "text-embedding", "rerank")} == {
-        "llm": "tiny-chat", "text-embedding": "tiny-embed", "rerank": "tiny-rerank"}
-    (ds,) = st.list("datasets")
-    assert ds["name"] == "Documents" and ds["indexing_technique"] == "high_quality"
-    assert (ds["embedding_model"], ds["embedding_model_provider"]) == ("tiny-embed", P)
-    assert ds["retrieval_model_dict"]["reranking_model"] == {"reranking_provider_name": P,
-                                                             "reranking_model_name": "tiny-rerank"}
-    (app,) = st.list("apps")
-    assert app["name"] == "Assistant" and app["model_config"]["model"]["name"] == "tiny-chat"
-    assert app["model_config"]["dataset_configs"]["datasets"]["datasets"][0]["dataset"]["id"] == ds["id"]
-    (app_key,) = st.list("app_keys")
-    (ds_key,) = st.list("dataset_keys")
-    creds = tmp_path / "creds"
-    assert mode_of(creds) == 0o700
-    files = sorted(os.listdir(creds))
-    assert files == ["admin_password", "app_api_key_Assistant", "dataset_api_key"]
-    assert all(mode_of(creds / f) == 0o600 for f in files)
-    assert (creds / "app_api_key_Assistant").read_text() == app_key["token"]
-    assert (creds / "dataset_api_key").read_text() == ds_key["token"]
-    password = (creds / "admin_password").read_text()
-    assert len(password) == 28
-    login = [r for r in standin.state.requests if r["path"] == "/console/api/login"][-1]
-    assert base64.b64decode(login["json"]["password"]).decode() == password
-    # no secret in the (verbose) output
-    for secret in (password, app_key["token"], ds_key["token"], "sk-local-rerank-1"):
-        assert secret not in first.stdout
-    assert "https://dify.example.test/chat/" in first.stdout  # the web app URL is reported
-
-    mark = len(standin.state.requests)
-    second = run_role(standin.url)
-    assert second.rc == 0, second.failures()
-    assert second.changed == {}, second.changed_tasks()
-    assert standin.mutations(mark) == []
-    assert [k["token"] for k in st.list("app_keys")] == [app_key["token"]]  # no new key minted
-
-    mark = len(standin.state.requests)
-    check = run_role(standin.url, check=True)
-    assert check.rc == 0, check.failures()
-    assert check.changed == {}, check.changed_tasks()
-    assert standin.mutations(mark) == []
+def console(real_dify, creds_dir):
+    password = open(os.path.join(creds_dir, "admin_password")).read()
+    return DifyClient(real_dify.url, admin_email=ADMIN_EMAIL, admin_password=password, retry_delay=0.2)
 
 
-def test_check_mode_on_fresh_dify_changes_nothing(standin, run_role, tmp_path):
-    run = run_role(standin.url, check=True)
+def snapshot(client):
+    """What the bootstrap manages, as Dify reports it (to prove a run wrote nothing)."""
+    apps = client.request("GET", C + "/apps", query={"page": 1, "limit": 100})["data"]
+    out = {
+        "plugins": sorted((p["plugin_id"], p["version"]) for p in client.request(
+            "GET", C + "/workspaces/current/plugin/list", query={"page": 1, "page_size": 256})["plugins"]),
+        "apps": sorted((a["id"], a["name"], a.get("updated_at")) for a in apps),
+        "app_keys": sorted(k["id"] for a in apps for k in client.request(
+            "GET", C + "/apps/%s/api-keys" % a["id"])["data"]),
+        "dataset_keys": sorted(k["id"] for k in client.request("GET", C + "/datasets/api-keys")["data"]),
+        "defaults": [client.request("GET", C + "/workspaces/current/default-model",
+                                    query={"model_type": t}).get("data") for t in ("llm", "text-embedding", "rerank")],
+    }
+    for m in ("tiny-chat:llm", "tiny-embed:text-embedding", "tiny-rerank:rerank"):
+        name, mtype = m.split(":")
+        cred = client.request("GET", C + "/workspaces/current/model-providers/%s/models/credentials" % P,
+                              query={"model": name, "model_type": mtype})
+        out[m] = (cred.get("current_credential_id"), cred.get("credentials"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def state():
+    return {}
+
+
+def test_check_mode_on_a_fresh_dify_changes_nothing(real_dify, run_bootstrap, bootstrap_vars):
+    run = run_bootstrap(check=True)
     assert run.rc == 0, run.failures()
     assert run.changed.get("localhost", 0) > 0  # it reports what it would do
-    assert not standin.state.is_setup()
-    assert standin.mutations() == []
-    assert not (tmp_path / "creds").exists()
+    assert DifyClient(real_dify.url).setup_status() == "not_started"
+    assert not os.listdir(bootstrap_vars["dify_bootstrap_credentials_dir"])
 
 
-def test_check_mode_with_dify_not_answering(run_role):
-    run = run_role("http://127.0.0.1:1", check=True)
+def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
+    run = run_bootstrap(verbose=True)
     assert run.rc == 0, run.failures()
+    assert run.changed.get("localhost", 0) > 0
+    creds = bootstrap_vars["dify_bootstrap_credentials_dir"]
+    client = console(real_dify, creds)
+    state["client"] = client
+    plugins = client.request("GET", C + "/workspaces/current/plugin/list", query={"page": 1, "page_size": 256})
+    assert [(p["plugin_id"], p["version"], p["source"]) for p in plugins["plugins"]] == [
+        (OAC_ID, "0.0.63", "package")]
+    for name, mtype, field in (("tiny-chat", "llm", "mode"), ("tiny-embed", "text-embedding", "max_chunks"),
+                               ("tiny-rerank", "rerank", "context_size")):
+        cred = client.request("GET", C + "/workspaces/current/model-providers/%s/models/credentials" % P,
+                              query={"model": name, "model_type": mtype})
+        assert cred["current_credential_id"], (name, cred)
+        assert cred["credentials"]["endpoint_url"].startswith("http://127.0.0.1:")
+        assert field in cred["credentials"]
+    defaults = {t: client.request("GET", C + "/workspaces/current/default-model", query={"model_type": t})["data"]
+                for t in ("llm", "text-embedding", "rerank")}
+    assert {t: (d["provider"]["provider"], d["model"]) for t, d in defaults.items()} == {
+        "llm": (P, "tiny-chat"), "text-embedding": (P, "tiny-embed"), "rerank": (P, "tiny-rerank")}
+    files = sorted(os.listdir(creds))
+    assert files == ["admin_password", "app_api_key_Assistant", "dataset_api_key"]
+    assert mode_of(creds) == 0o700 and all(mode_of(os.path.join(creds, f)) == 0o600 for f in files)
+    ds_key = open(os.path.join(creds, "dataset_api_key")).read()
+    app_key = open(os.path.join(creds, "app_api_key_Assistant")).read()
+    datasets = client.service_request("GET", "/v1/datasets", ds_key, query={"page": 1, "limit": 100})["data"]
+    (ds,) = datasets
+    assert ds["name"] == "Documents" and ds["indexing_technique"] == "high_quality"
+    assert (ds["embedding_model"], ds["embedding_model_provider"]) == ("tiny-embed", P)
+    rm = ds["retrieval_model_dict"]
+    assert rm["reranking_enable"] and rm["reranking_model"] == {"reranking_provider_name": P,
+                                                                "reranking_model_name": "tiny-rerank"}
+    apps = client.request("GET", C + "/apps", query={"page": 1, "limit": 100})["data"]
+    (app,) = apps
+    detail = client.request("GET", C + "/apps/%s" % app["id"])
+    assert detail["model_config"]["model"]["name"] == "tiny-chat"
+    assert [d["dataset"]["id"] for d in detail["model_config"]["dataset_configs"]["datasets"]["datasets"]] == [ds["id"]]
+    password = open(os.path.join(creds, "admin_password")).read()
+    for secret in (password, ds_key, app_key, base64.b64encode(password.encode()).decode()):
+        assert secret not in run.stdout
+    assert real_dify.public_url + "/chat/" in run.stdout  # the web app URL is reported
+    # https public URLs: Dify names its cookies __Host-*, which the client sends itself over plain http
+    assert "__Host-access_token" in client.cookies
+    state.update(ds=ds, app=app, ds_key=ds_key, app_key=app_key, snapshot=snapshot(client))
 
 
-@pytest.mark.parametrize("extravars,needle", [
-    ({"dify_bootstrap_admin_email": "admin-at-example"}, "dify_bootstrap_admin_email"),
-    ({"dify_bootstrap_admin_password": "weakpass"}, "dify_bootstrap_admin_password"),
-    ("unknown-model-type", "model_type must be one of"),
-    ({"dify_bootstrap_datasets": [{"name": "N" * 41}]}, "dify_bootstrap_datasets"),
-], ids=["bad-email", "weak-password", "unknown-model-type", "dataset-name-41"])
-def test_invalid_input_fails_before_any_http(standin, run_role, endpoints, extravars, needle):
-    if extravars == "unknown-model-type":
-        endpoints[0]["model_type"] = "chat"
-        extravars = {"model_servers_dify_endpoints": endpoints}
-    run = run_role(standin.url, extravars)
+def test_second_run_changes_nothing(real_dify, run_bootstrap, state):
+    run = run_bootstrap()
+    assert run.rc == 0, run.failures()
+    assert run.changed == {}, run.changed_tasks()
+    assert snapshot(state["client"]) == state["snapshot"]
+
+
+def test_check_mode_on_the_converged_dify_changes_nothing(real_dify, run_bootstrap, state):
+    run = run_bootstrap(check=True)
+    assert run.rc == 0, run.failures()
+    assert run.changed == {}, run.changed_tasks()
+    assert snapshot(state["client"]) == state["snapshot"]
+
+
+def wait_indexed(client, key, dataset_id, batch, timeout=300):
+    deadline = time.time() + timeout
+    while True:
+        data = client.service_request("GET", "/v1/datasets/%s/documents/%s/indexing-status" % (dataset_id, batch),
+                                      key)["data"]
+        if all(d["indexing_status"] in ("completed", "error") for d in data):
+            return data
+        assert time.time() < deadline, data
+        time.sleep(1)
+
+
+FACT = ("The Zorblax telescope in Patagonia observes the Lyra constellation every night. "
+        "Its mirror is eleven meters wide and was polished in Osaka.")
+
+
+def test_document_is_indexed_retrieved_and_answered(real_dify, state):
+    client, key, ds = state["client"], state["ds_key"], state["ds"]
+    created = client.service_request("POST", "/v1/datasets/%s/document/create-by-text" % ds["id"], key, body={
+        "name": "zorblax.md", "text": FACT, "indexing_technique": "high_quality",
+        "process_rule": {"mode": "automatic"}, "doc_form": "text_model"})
+    (status,) = wait_indexed(client, key, ds["id"], created["batch"])
+    assert status["indexing_status"] == "completed", status
+    assert status["completed_segments"] == status["total_segments"] >= 1
+    hits = client.service_request("POST", "/v1/datasets/%s/retrieve" % ds["id"], key,
+                                  body={"query": "Which constellation does the Zorblax telescope observe?"},
+                                  safe=True)["records"]
+    assert hits and hits[0]["segment"]["document"]["name"] == "zorblax.md", hits
+    answer = client.service_request("POST", "/v1/chat-messages", state["app_key"], body={
+        "inputs": {}, "query": "Which constellation does the Zorblax telescope observe?",
+        "response_mode": "blocking", "user": "integration-test"})
+    assert answer["answer"]  # the tiny LLM answers gibberish; retrieval is what is checked
+    resources = answer["metadata"]["retriever_resources"]
+    assert "zorblax.md" in [r["document_name"] for r in resources], resources
+
+
+def test_expired_access_token_mid_run_is_refreshed(real_dify, state):
+    client = state["client"]
+    client.request("GET", C + "/account/profile")
+    name = "__Host-access_token" if "__Host-access_token" in client.cookies else "access_token"
+    client.cookies[name] = real_dify.expired_access_token(client.cookies[name])
+    mark = len(client.calls)
+    profile = client.request("GET", C + "/account/profile")
+    assert profile["email"] == ADMIN_EMAIL
+    assert client.calls[mark:] == [("GET", C + "/account/profile", 401), ("POST", C + "/refresh-token", 200),
+                                   ("GET", C + "/account/profile", 200)]
+
+
+def test_unknown_credential_field_fails_before_any_write(real_dify, ansible_run, bootstrap_vars, state):
+    """Real Dify drops fields the schema lacks (so a naive module would re-PUT on every run)."""
+    args = {"url": real_dify.url, "admin_email": ADMIN_EMAIL,
+            "admin_password": state["client"].password, "provider": P, "model": "tiny-chat", "model_type": "llm",
+            "credentials": dict(real_dify.model_endpoints()[0]["credentials"], invoke_timeout="60")}
+    run = ansible_run(module_playbook("dify_model", args))
     assert run.rc != 0
-    failures = run.failures()
-    assert failures, run.stats
-    assert needle in failures[0][1], failures
-    assert standin.state.requests == []
+    ((_task, msg),) = run.failures()
+    assert "invoke_timeout not in the schema (Dify would drop them)" in msg
+    assert snapshot(state["client"]) == state["snapshot"]
+    # what Dify itself does with such a field: accepts the write and drops it
+    path = C + "/workspaces/current/model-providers/%s/models/credentials" % P
+    creds = dict(real_dify.model_endpoints()[0]["credentials"], invoke_timeout="60")
+    state["client"].request("POST", path, body={"model": "tiny-extra", "model_type": "llm", "credentials": creds})
+    kept = state["client"].request("GET", path, query={"model": "tiny-extra", "model_type": "llm"})["credentials"]
+    assert "invoke_timeout" not in kept and kept["endpoint_url"] == creds["endpoint_url"]
+    state["client"].request("DELETE", C + "/workspaces/current/model-providers/%s/models" % P,
+                            body={"model": "tiny-extra", "model_type": "llm"})
+
+
+def test_missing_required_field_fails_before_any_http(run_bootstrap, real_dify):
+    endpoints = real_dify.model_endpoints()
+    del endpoints[1]["credentials"]["max_chunks"]
+    run = run_bootstrap({"model_servers_dify_endpoints": endpoints, "dify_bootstrap_url": "http://127.0.0.1:1"})
+    assert run.rc != 0
+    ((task, msg),) = run.failures()
+    assert "dify_bootstrap_model_endpoints" in msg and "max_chunks required" in msg, msg
+
+
+def test_login_lockout_after_more_than_five_failures(real_dify, state):
+    """Dify 1.15.0 counts failures in Redis and refuses once the count is above 5."""
+    wrong = DifyClient(real_dify.url, admin_email=ADMIN_EMAIL, admin_password="Wrong-pass-1", retry_delay=0.1)
+    key = "login_error_rate_limit:%s" % ADMIN_EMAIL
+    try:
+        for attempt in range(6):
+            with pytest.raises(DifyError) as err:
+                wrong.login()
+            assert err.value.status == 401, (attempt, err.value.msg)
+            assert "more than 5 attempts failed" in err.value.msg
+        right = DifyClient(real_dify.url, admin_email=ADMIN_EMAIL, admin_password=state["client"].password)
+        with pytest.raises(DifyLoginLocked) as err:
+            right.login()
+        assert err.value.status == 429 and key in err.value.msg
+    finally:
+        real_dify.redis("DEL", key)
+    DifyClient(real_dify.url, admin_email=ADMIN_EMAIL, admin_password=state["client"].password).login()
+
+
+def test_plugin_version_change(real_dify, run_bootstrap, plugin_packages, state):
+    """A new package version of an installed plugin: Dify 1.15.0 cannot upgrade a package install in
+    place, so dify_plugin reinstalls it the way Dify's UI does; the models are registered again."""
+    newer = build_package(os.path.join(plugin_packages["_models"], "openai_api_compatible"),
+                          plugin_packages["_dir"], version="0.0.64")
+    run = run_bootstrap({"dify_bootstrap_plugin_packages": {OAC_ID: newer}})
+    assert run.rc == 0, run.failures()
+    (res,) = run.results("Install the provider plugins")
+    assert res["changed"] and res["method"] == "reinstall" and res["version_change"] == "0.0.63 -> 0.0.64"
+    after = snapshot(state["client"])
+    assert after["plugins"] == [(OAC_ID, "0.0.64")]
+    for m in ("tiny-chat:llm", "tiny-embed:text-embedding", "tiny-rerank:rerank"):
+        assert after[m][0], m  # every model is registered with the new plugin
+    again = run_bootstrap({"dify_bootstrap_plugin_packages": {OAC_ID: newer}})
+    assert again.rc == 0 and again.changed == {}, again.changed_tasks()
+    # retrieval still works through the reinstalled plugin
+    hits = state["client"].service_request("POST", "/v1/datasets/%s/retrieve" % state["ds"]["id"], state["ds_key"],
+                                           body={"query": "Zorblax telescope"}, safe=True)["records"]
+    assert hits

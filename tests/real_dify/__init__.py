@@ -1,0 +1,1 @@
+"""Real Dify (api + worker from upstream source) for the tests; see harness.py and README.md."""
