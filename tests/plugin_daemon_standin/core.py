@@ -541,7 +541,8 @@ class Daemon(object):
             runner = decl["meta"]["runner"]
             started = time.time()
             try:
-                python = envs.find_python(runner["version"] or "3.12", explicit=self.python, uv=self.uv)
+                # one interpreter for every plugin when given (as the daemon's PYTHON_INTERPRETER_PATH)
+                python = self.python or envs.find_python(runner["version"] or "3.12", uv=self.uv)
                 progress("preparing the python environment")
                 venv_python = envs.build_env(workdir, python, self.uv, self.cache_dir, log=self.log,
                                              timeout=timeout or self.env_init_timeout)
