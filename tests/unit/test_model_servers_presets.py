@@ -61,8 +61,8 @@ def test_ja_preset_matches_the_on_prem_guide():
 def test_images_are_pinned():
     images = DEFAULTS["model_servers_images"]
     flat = [v for k, v in images.items() if k != "tei"] + list(images["tei"].values())
-    for image in flat:
-        name, _, tag = image.rpartition(":")
-        assert name and tag and tag != "latest", image
+    for entry in flat:  # {image, digest, cuda} (tests/unit/test_gpu_compat.py checks the rest)
+        name, _, tag = entry["image"].rpartition(":")
+        assert name and tag and tag != "latest", entry
     assert set(images["tei"]) == set(SPECS["model_servers_tei_arch"]["choices"]) - {"auto"}
     assert set(VARS["__model_servers_tei_arch_by_cc"].values()) <= set(images["tei"])
