@@ -269,7 +269,10 @@ def standin(tmp_path_factory, model_servers):
                           force_verifying_signature=False)
     proc.start()
     yield proc
-    pids = [r["pid"] for r in proc.status()["runtimes"].values() if r["pid"]]
+    status = proc.status()
+    with open(os.path.join(CACHE, "contract-timings.json"), "w") as fh:  # the figures of the last run
+        json.dump(status["timings"], fh, indent=1)
+    pids = [r["pid"] for r in status["runtimes"].values() if r["pid"]]
     proc.stop()
     for pid in pids:  # nothing may be left running
         assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z", pid
@@ -366,8 +369,60 @@ def test_model_provider_declarations(dify):
     decl = oac[0]["declaration"]
     assert decl["provider"] == "openai_api_compatible"
     assert set(decl["supported_model_types"]) >= {"llm", "text-embedding", "rerank"}
-    variables = [f["variable"] for f in decl["model_credential_schema"]["credential_form_schemas"]]
-    assert {"endpoint_url", "context_size", "max_chunks", "mode"} <= set(variables)
+    forms = decl["model_credential_schema"]["credential_form_schemas"]
+    assert {"endpoint_url", "context_size", "max_chunks", "mode"} <= {f["variable"] for f in forms}
+    required = {(f["variable"], f["show_on"][0]["value"] if f["show_on"] else None): f["required"] for f in forms}
+    assert required[("context_size", "llm")] and required[("context_size", "text-embedding")]
+    assert required[("context_size", "rerank")] and required[("max_chunks", "text-embedding")]
+    assert required[("max_tokens_to_sample", "llm")] is False  # no `required:` in the yaml: Go's false
+
+
+SDK_DECLARATION = r'''
+import json, sys
+from dify_plugin.config.config import DifyPluginEnv
+from dify_plugin.core.plugin_registration import PluginRegistration
+sys.stdout = sys.stderr
+m = PluginRegistration(DifyPluginEnv()).models_configuration[0].model_dump(mode="json")
+def forms(schema):
+    return [(f["variable"], f["type"], f["default"], [o["value"] for o in f["options"] or []],
+             [(s["variable"], s["value"]) for s in f["show_on"] or []]) for f in (schema or {}).get("credential_form_schemas") or []]
+out = {"provider": m["provider"], "types": m["supported_model_types"], "methods": m["configurate_methods"],
+       "models": sorted(x["model"] for x in m["models"]), "model_forms": forms(m["model_credential_schema"]),
+       "provider_forms": forms(m["provider_credential_schema"])}
+sys.__stdout__.write(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("key", ["oac", "tei"])
+def test_declarations_agree_with_the_sdk(packages, key, tmp_path):
+    """The stand-in decodes packages like the daemon (Go); the SDK's own PluginRegistration, in the plugin's
+    venv, must find the same provider, model types, models and credential forms in the same yaml.
+    ``required`` is left out: a form without it is required for the SDK (pydantic default True) and not
+    for the daemon (Go's false) -- and Dify gets the daemon's."""
+    from plugin_daemon_standin.envs import build_env
+    from plugin_daemon_standin.package import Package
+
+    path, _ = packages[key]
+    with open(path, "rb") as fh:
+        pkg = Package(fh.read())
+    workdir = str(tmp_path / key)
+    pkg.extract_to(workdir)
+    python = build_env(workdir, find_python("3.12", uv=find_uv()), find_uv(), CACHE)
+    res = subprocess.run([python, "-c", SDK_DECLARATION], cwd=workdir, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, INSTALL_METHOD="local"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    sdk = json.loads(res.stdout)
+    model = pkg.manifest["model"]
+
+    def forms(schema):
+        return [[f["variable"], f["type"], f["default"], [o["value"] for o in f["options"]],
+                 [[s["variable"], s["value"]] for s in f["show_on"]]]
+                for f in (schema or {}).get("credential_form_schemas") or []]
+
+    assert sdk == {"provider": model["provider"], "types": model["supported_model_types"],
+                   "methods": model["configurate_methods"], "models": sorted(m["model"] for m in model["models"]),
+                   "model_forms": forms(model["model_credential_schema"]),
+                   "provider_forms": forms(model["provider_credential_schema"])}
 
 
 @pytest.mark.parametrize("model_type,model,creds", [("llm", "tiny-llama", LLM_CREDS),

@@ -549,6 +549,7 @@ class Daemon(object):
             except (envs.PythonNotFound, envs.EnvBuildError) as exc:
                 raise PluginDead("failed to launch plugin: failed to init environment: %s" % exc)
             timing["env_seconds"] = round(time.time() - started, 3)
+            timing.setdefault("env_seconds_first", timing["env_seconds"])
             progress("installing heartbeat, waiting for plugin to be ready...")
             env = dict(self.plugin_env)
             tiktoken_dir = self._tiktoken_dir(python)
@@ -561,6 +562,7 @@ class Daemon(object):
             except PluginDead as exc:
                 raise PluginDead("failed to launch plugin: %s" % exc)
             timing["ready_seconds"] = round(runtime.ready_seconds, 3)
+            timing.setdefault("ready_seconds_first", timing["ready_seconds"])
             timing["starts"] = timing.get("starts", 0) + 1
             self.runtimes[uid] = runtime
             return runtime
