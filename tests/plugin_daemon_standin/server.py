@@ -469,6 +469,13 @@ class StandinServer(ThreadingHTTPServer):
         self.log = log
         ThreadingHTTPServer.__init__(self, address, Handler)
 
+    def handle_error(self, request, client_address):
+        """A client dropping its keep-alive connection is normal (dify-api's workers come and go)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
+            return
+        self.log("error while serving %s: %r" % (client_address, exc))
+
     def close_all(self):
         """Stop serving and stop every plugin process."""
         try:
