@@ -119,7 +119,8 @@ def drive(execute, args, check_mode, lib, say=None, clock=None, sleep=None):
         res = dict(err.result)
         res["failed"] = True
         return res
-    say("dify_documents %s" % final["msg"])
+    if not check_mode:  # in check mode the plan line said it all
+        say("dify_documents %s" % final["msg"])
     for f in final["failed_documents"][:20]:
         say("dify_documents %s   failed: %s (%s): %s" % (label, f.get("name"), f.get("action"), f.get("error")))
     if len(final["failed_documents"]) > 20:

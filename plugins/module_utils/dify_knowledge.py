@@ -851,8 +851,15 @@ def fmt_duration(seconds):
     return "%ds" % s
 
 
+SEGMENT_BACKFILL = 200  # finished documents whose segment counts a poll may still fetch
+
+
 class Progress(object):
-    """Indexing progress of the watched documents: done / total, segments, rate, ETA."""
+    """Indexing progress of the watched documents: done / total, segments, rate, ETA.
+
+    A document is done when Dify says completed or error; its segment count may arrive later
+    (polls fetch them for a bounded number of documents each), so counting never delays the end.
+    """
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
@@ -867,14 +874,20 @@ class Progress(object):
             if cur is None or cur.get("final"):
                 entry = dict(w)
                 entry.update(state=w.get("state") or "waiting", final=False, segments_done=0, segments_total=0,
-                             error=None)
+                             error=None, segments_known=False)
                 self.docs[w["id"]] = entry
             elif w.get("batch") and not cur.get("batch"):
                 cur["batch"] = w["batch"]
 
     def watch(self):
+        """Documents to poll: the unfinished ones, and finished ones whose segment count is missing."""
+        out = [{"id": d["id"], "batch": d.get("batch") or "", "state": d["state"]}
+               for d in self.docs.values() if not d["final"]]
+        return out + self.backfill()
+
+    def backfill(self, limit=SEGMENT_BACKFILL):
         return [{"id": d["id"], "batch": d.get("batch") or "", "state": d["state"]}
-                for d in self.docs.values() if not d["final"]]
+                for d in self.docs.values() if d["final"] and not d["segments_known"]][:limit]
 
     @property
     def pending(self):
@@ -900,8 +913,9 @@ class Progress(object):
                 d["segments_total"] = int(st.get("total_segments") or 0)
             if state == "error":
                 d["error"] = st.get("error") or "indexing failed (Dify gave no message)"
-            if state in TERMINAL and (st.get("segments_known", True) or state == "error"):
+            if state in TERMINAL:
                 d["final"] = True
+                d["segments_known"] = d["segments_known"] or st.get("segments_known", True) or state == "error"
                 if state == "completed" and d["segments_done"] < d["segments_total"]:
                     d["segments_done"] = d["segments_total"]
         if self.started is None:
@@ -920,7 +934,7 @@ class Progress(object):
         docs_rate = seg_rate = eta = None
         if done >= total:
             eta = 0.0
-        if elapsed > 0:
+        if elapsed >= 0.5:  # no rate from the first poll alone
             docs_rate = max(0, done - self.base[0]) / elapsed
             seg_rate = max(0, seg_done - self.base[1]) / elapsed
             chars_rate = max(0, chars_done - self.base[2]) / elapsed
@@ -937,7 +951,9 @@ class Progress(object):
                 "documents_per_second": round(docs_rate, 3) if docs_rate is not None else None,
                 "segments_per_second": round(seg_rate, 2) if seg_rate is not None else None,
                 "eta_seconds": round(eta, 1) if eta is not None else None, "states": states,
-                "segments_pending": sum(1 for d in self.docs.values() if not d["final"] and not d["segments_total"])}
+                "segments_pending": sum(1 for d in self.docs.values()
+                                        if (not d["final"] and not d["segments_total"])
+                                        or (d["final"] and not d["segments_known"]))}
 
     def errors(self):
         return [{"name": d.get("name") or d["id"], "id": d["id"], "action": d.get("action") or "index",
@@ -965,13 +981,15 @@ def format_progress(snap, label=""):
         snap["segments_total"], more, rate, fmt_duration(snap.get("eta_seconds")), fmt_duration(snap.get("elapsed"))))
 
 
-def format_summary(result, label=""):
+def format_summary(result, label="", check_mode=False):
     c = result.get("counts", {})
     skipped = result.get("skipped_files") or {}
     sk = ", ".join("%s %d" % (k, v) for k, v in sorted(skipped.items()))
-    line = "%sadded %d, updated %d, removed %d, unchanged %d, skipped %d%s, failed %d" % (
-        (label + " ") if label else "", c.get("added", 0), c.get("updated", 0), c.get("removed", 0),
-        c.get("unchanged", 0), sum(skipped.values()), " (%s)" % sk if sk else "", c.get("failed", 0))
+    verbs = ("would add", "update", "remove") if check_mode else ("added", "updated", "removed")
+    line = "%s%s %d, %s %d, %s %d, unchanged %d, skipped %d%s, failed %d" % (
+        (label + " ") if label else "", verbs[0], c.get("added", 0), verbs[1], c.get("updated", 0), verbs[2],
+        c.get("removed", 0), c.get("unchanged", 0), sum(skipped.values()), " (%s)" % sk if sk else "",
+        c.get("failed", 0))
     if c.get("busy"):
         line += ", still busy in Dify %d" % c["busy"]
     return line
@@ -1027,7 +1045,7 @@ class Summary(object):
             "added": sorted(self.added), "updated": sorted(self.updated), "removed": sorted(self.removed),
             "busy": self.busy, "failed_documents": sorted(self.failed.values(), key=lambda f: f.get("name") or ""),
             "blocked": self.blocked, "skipped_files": self.skipped, "skipped_examples": self.examples,
-            "documents": self.documents, "plan": self.plan,
+            "documents": self.documents, "plan": self.plan, "diff_lines": self.diff_lines,
             "counts": {"added": len(self.added), "updated": len(self.updated), "removed": len(self.removed),
                        "unchanged": max(0, self.documents - len(touched)), "busy": len(self.busy),
                        "skipped": sum(self.skipped.values()), "failed": len(self.failed)},
@@ -1064,7 +1082,7 @@ def run_to_completion(backend, check_mode=False, wait=True, wait_timeout=3600, p
     pc = r.get("plan") or {}
     emit("%splan: add %d, update %d, remove %d, unchanged %d, busy %d, skipped %d%s" % (
         pfx, pc.get("add", 0), pc.get("update", 0), pc.get("remove", 0), pc.get("unchanged", 0), pc.get("busy", 0),
-        sum((r.get("skipped_files") or {}).values()), " (check mode: nothing written)" if check_mode else ""))
+        sum((r.get("skipped_files") or {}).values()), " (plan only, nothing written)" if check_mode else ""))
     timed_out = False
     passes = 1
     if not check_mode:
@@ -1089,6 +1107,14 @@ def run_to_completion(backend, check_mode=False, wait=True, wait_timeout=3600, p
             if progress.pending:
                 timed_out = True
                 break
+            for _ in range(3):  # segment counts of documents that finished between polls
+                todo = progress.backfill()
+                if not todo:
+                    break
+                snap = progress.update(backend.status(todo))
+                log.append(snap)
+                if on_progress:
+                    on_progress(snap)
             if summary.busy and passes < max_passes:
                 passes += 1
                 emit("%sre-sync: %d document(s) were busy in Dify; they have settled" % (pfx, len(summary.busy)))
@@ -1099,6 +1125,10 @@ def run_to_completion(backend, check_mode=False, wait=True, wait_timeout=3600, p
                 continue
             break
     result = summary.result()
+    if check_mode:  # what the run would do, by the plan
+        pc = summary.plan
+        result["counts"].update(added=pc.get("add", 0), updated=pc.get("update", 0), removed=pc.get("remove", 0),
+                                unchanged=pc.get("unchanged", 0))
     known = set(f.get("name") for f in result["failed_documents"])
     for err in progress.errors():
         if err["name"] not in known:
@@ -1135,7 +1165,7 @@ def run_to_completion(backend, check_mode=False, wait=True, wait_timeout=3600, p
         hard.append("retrieval check: query %r returned %d chunk(s), at least %d wanted" % (
             verify_query, ret["records"], verify_min_records))
     problems = soft + hard
-    result["msg"] = format_summary(result, label) + ("; " + "; ".join(problems) if problems else "")
+    result["msg"] = format_summary(result, label, check_mode) + ("; " + "; ".join(problems) if problems else "")
     result["failed_run"] = bool(problems)
     result["fatal"] = bool(hard) or (bool(soft) and not tolerate_failures)
     return result

@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - Python 2
 PAGE = 100                # GET .../documents caps limit at 100 (DocumentListQuery, db.paginate max_per_page)
 METADATA_BATCH = 50       # documents per POST .../documents/metadata
 DIRECT_STATUS_MAX = 24    # watch lists this small are polled per batch, without listing the dataset
-DETAIL_MAX = 100          # per-document status requests per poll (segment counts)
+DETAIL_MAX = 200          # per-document status requests per poll (segment counts)
 IDEMPOTENT = ("GET", "DELETE", "PUT", "HEAD")
 
 
@@ -274,7 +274,8 @@ class KnowledgeSync(object):
     """One knowledge base and its sources: plan, submit, status, verify."""
 
     def __init__(self, api, dataset_id, sources, settings, prune=True, retry_errors=True, allow_empty=False,
-                 concurrency=4, check_mode=False, submit_budget=0, clock=time.monotonic, on_write=None):
+                 concurrency=4, check_mode=False, submit_budget=0, clock=time.monotonic, on_write=None,
+                 on_plan=None):
         self.api = api
         self.dataset_id = dataset_id
         self.sources = sources
@@ -287,6 +288,7 @@ class KnowledgeSync(object):
         self.submit_budget = float(submit_budget or 0)
         self.clock = clock
         self.on_write = on_write
+        self.on_plan = on_plan
         self.desired = None
 
     # ------------------------------------------------------------------ scan
@@ -307,6 +309,8 @@ class KnowledgeSync(object):
         fields = self.api.metadata_fields(self.dataset_id)
         existing = self.api.list_documents(self.dataset_id, self.concurrency)
         plan = make_plan(desired.docs, existing, prune=self.prune, retry_errors=self.retry_errors)
+        if self.on_plan:
+            self.on_plan(plan)
         result = {
             "changed": plan.changed, "dataset_id": self.dataset_id, "documents": len(desired.docs),
             "plan": plan.counts(), "writes_planned": plan.writes, "diff_lines": plan.diff_lines(),
@@ -383,8 +387,8 @@ class KnowledgeSync(object):
         def record(kind, item):
             with lock:
                 result[kind].append(item)
-            if self.on_write:
-                self.on_write(kind, item)
+                if self.on_write:
+                    self.on_write(kind, item)
 
         def fail(action, name, path, err, stage="submit"):
             record("failed_documents", {"name": name, "path": path, "action": action, "stage": stage,

@@ -416,7 +416,7 @@ def test_action_plugin_check_mode_writes_nothing(dify, repo, run_module):
     res, lines, calls = drive(run_module, dify, args(dify, repo, retrieval_query="x"), check_mode=True)
     assert res["changed"] and calls == ["sync"] and dify.fake.writes() == []
     assert res["would"]["add"] == ["README.md", "docs/guide.md", "src/app.py", "src/lib/util.cpp"]
-    assert "(check mode: nothing written)" in lines[0]
+    assert "(plan only, nothing written)" in lines[0]
 
 
 def test_action_plugin_slices_the_submit(dify, tmp_path, run_module, monkeypatch):
@@ -477,3 +477,15 @@ def test_dataset_key_from_the_console(keys, check_mode, token, created, calls):
     console = FakeConsole(keys)
     assert api.dataset_api_key(console, check_mode) == (token, created)
     assert [m for m, _ in console.calls] == calls and all(p == "/console/api/datasets/api-keys" for _, p in console.calls)
+
+
+def test_only_idempotent_requests_are_retried_on_5xx(dify, repo, run_module):
+    dify.fake.fail("GET", "/documents$", 502, code="bad_gateway", count=1)
+    dify.fake.fail("POST", "/create-by-text$", 500, code="internal_server_error", count=1)
+    res = run_module("dify_documents", args(dify, repo, concurrency=1))
+    lists = [r["status"] for r in dify.fake.requests if r["path"].endswith("/documents") and r["method"] == "GET"]
+    assert lists == [502, 200]  # the list was read again
+    creates = [r["status"] for r in dify.fake.requests if r["path"].endswith("/create-by-text")]
+    assert creates == [500, 200, 200, 200]  # the failed create was not repeated blindly
+    assert res["counts"]["failed"] == 1 and res["failed_documents"][0]["status"] == 500
+    assert res["requests"]["retries"] == 1

@@ -388,6 +388,21 @@ def test_progress_rates_and_eta():
     assert p.errors() == [{"name": "b", "id": "b", "action": "index", "stage": "indexing", "error": "boom"}]
 
 
+def test_progress_does_not_wait_for_segment_counts():
+    clock = Clock()
+    p = k.Progress(clock=clock)
+    p.add([{"id": "a", "name": "a", "chars": 1, "batch": "b1"}, {"id": "b", "name": "b", "chars": 1, "batch": "b2"}])
+    snap = p.update([{"id": "a", "state": "completed", "segments_known": False},
+                     {"id": "b", "state": "indexing", "segments_known": False}])
+    assert snap["documents_done"] == 1 and [d["id"] for d in p.pending] == ["b"]
+    assert [w["id"] for w in p.watch()] == ["b", "a"] and [w["id"] for w in p.backfill()] == ["a"]
+    assert k.format_progress(snap).startswith("indexing: 1/2 documents done, 0/0+ segments")
+    snap = p.update([{"id": "a", "state": "completed", "completed_segments": 7, "total_segments": 7},
+                     {"id": "b", "state": "completed", "completed_segments": 2, "total_segments": 2}])
+    assert not p.pending and p.backfill() == [] and (snap["segments_done"], snap["segments_total"]) == (9, 9)
+    assert "9/9 segments" in k.format_progress(snap)
+
+
 class FakeBackend(object):
     """Plays a Dify that indexes one document per status poll."""
 
