@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -66,6 +67,8 @@ class Daemon(object):
         os.makedirs(self.cache_dir, exist_ok=True)
         self.lock = threading.RLock()
         self.runtimes = {}          # uid -> PluginRuntime
+        self.starting = set()       # runtimes waiting for their first heartbeat
+        self.children = set()       # uv processes building environments
         self.runtime_locks = {}     # uid -> Lock (one launcher at a time)
         self.timings = {}           # uid -> {env_seconds, env_cached, ready_seconds, first_call_seconds, ...}
         self.stopped = False
@@ -545,7 +548,7 @@ class Daemon(object):
                 python = self.python or envs.find_python(runner["version"] or "3.12", uv=self.uv)
                 progress("preparing the python environment")
                 venv_python = envs.build_env(workdir, python, self.uv, self.cache_dir, log=self.log,
-                                             timeout=timeout or self.env_init_timeout)
+                                             timeout=timeout or self.env_init_timeout, children=self.children)
             except (envs.PythonNotFound, envs.EnvBuildError) as exc:
                 raise PluginDead("failed to launch plugin: failed to init environment: %s" % exc)
             timing["env_seconds"] = round(time.time() - started, 3)
@@ -557,10 +560,18 @@ class Daemon(object):
                 env["TIKTOKEN_CACHE_DIR"] = tiktoken_dir
             runtime = PluginRuntime(uid, workdir, venv_python, entrypoint=runner["entrypoint"] or "main",
                                     env=env, log=self.log)
+            with self.lock:
+                self.starting.add(runtime)
             try:
                 runtime.start(timeout=min(READY_TIMEOUT, timeout or READY_TIMEOUT))
             except PluginDead as exc:
                 raise PluginDead("failed to launch plugin: %s" % exc)
+            finally:
+                with self.lock:
+                    self.starting.discard(runtime)
+            if self.stopped:
+                runtime.stop()
+                raise PluginDead("the plugin daemon stand-in is stopping")
             timing["ready_seconds"] = round(runtime.ready_seconds, 3)
             timing.setdefault("ready_seconds_first", timing["ready_seconds"])
             timing["starts"] = timing.get("starts", 0) + 1
@@ -612,8 +623,14 @@ class Daemon(object):
 
     def stop_all(self):
         self.stopped = True
-        runtimes = list(self.runtimes.values())
+        with self.lock:
+            runtimes = list(self.runtimes.values()) + list(self.starting)
         self.runtimes.clear()
+        for proc in list(self.children):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         threads = [threading.Thread(target=r.stop) for r in runtimes]
         for t in threads:
             t.start()

@@ -155,8 +155,28 @@ def dependency_spec(plugin_dir):
     raise EnvBuildError("neither pyproject.toml nor requirements.txt found in plugin directory")
 
 
-def build_env(plugin_dir, python, uv, cache_dir, log=None, timeout=900):
-    """Path of the venv's python for the plugin unpacked in ``plugin_dir`` (built when absent)."""
+def _run(argv, cwd, env, timeout, children):
+    """subprocess.run in its own process group, registered in ``children`` (a set) while it runs."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    if children is not None:
+        children.add(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        raise
+    finally:
+        if children is not None:
+            children.discard(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def build_env(plugin_dir, python, uv, cache_dir, log=None, timeout=900, children=None):
+    """Path of the venv's python for the plugin unpacked in ``plugin_dir`` (built when absent).
+
+    ``children``: a set the running uv processes are added to (so a stopping daemon can end them)."""
     log = log or (lambda msg: None)
     uv_bin = find_uv(uv)
     if uv_bin is None:
@@ -180,8 +200,7 @@ def build_env(plugin_dir, python, uv, cache_dir, log=None, timeout=900):
         env = _clean_env()
         steps = []
         if kind == "uv.lock":
-            res = subprocess.run([uv_bin] + list(EXPORT_ARGS), cwd=plugin_dir, capture_output=True, env=env,
-                                 timeout=300)
+            res = _run([uv_bin] + list(EXPORT_ARGS), plugin_dir, env, 300, children)
             if res.returncode != 0:
                 raise EnvBuildError("uv export failed: %s" % res.stderr.decode("utf-8", "replace").strip())
             requirements = os.path.join(venvs, key + ".requirements.txt")
@@ -194,8 +213,7 @@ def build_env(plugin_dir, python, uv, cache_dir, log=None, timeout=900):
         for argv in steps:
             log("running %s" % " ".join(argv))
             try:
-                res = subprocess.run(argv, cwd=plugin_dir, capture_output=True, env=env, timeout=timeout,
-                                     start_new_session=True)
+                res = _run(argv, plugin_dir, env, timeout, children)
             except subprocess.TimeoutExpired:
                 raise EnvBuildError("%s timed out after %ss" % (" ".join(argv[:3]), timeout))
             if res.returncode != 0:
