@@ -119,6 +119,14 @@ options:
     description: Accept sources without a single file, which with O(prune) empties the knowledge base.
     type: bool
     default: false
+  allow_missing_dataset:
+    description:
+      - Check mode only. When the knowledge base does not exist, or Dify does not answer yet, because an earlier part of
+        the same run creates them (a C(site.yml --check) on a fresh host), every document is reported as an addition.
+        Without this option, the task fails.
+      - Outside check mode a missing knowledge base always fails.
+    type: bool
+    default: false
   retry_errors:
     description: Submit again documents whose earlier indexing ended in C(error), even when unchanged.
     type: bool
@@ -287,6 +295,7 @@ def argument_spec():
         doc_language=dict(type="str", default="English"),
         prune=dict(type="bool", default=True),
         allow_empty=dict(type="bool", default=False),
+        allow_missing_dataset=dict(type="bool", default=False),
         retry_errors=dict(type="bool", default=True),
         concurrency=dict(type="int", default=4),
         backoff_max=dict(type="int", default=300),
@@ -353,6 +362,23 @@ def connect(module):
     return api, dataset_id
 
 
+def not_there_yet(engine, module, why):
+    """Check mode before the knowledge base exists: every document would be added."""
+    desired = engine.desired
+    names = [d.name for d in desired.docs]
+    result = dict(changed=True, dataset_id="", documents=len(names), would={"add": names, "update": [], "remove": []},
+                  plan={"add": len(names), "update": 0, "remove": 0, "unchanged": 0, "busy": 0, "blocked": 0},
+                  writes_planned=len(names), diff_lines=["+ %s" % n for n in names], skipped_files=dict(desired.skipped),
+                  skipped_examples=dict(desired.examples), added=[], updated=[], removed=[], failed_documents=[],
+                  busy=[], blocked=[], watch=[], more=False,
+                  warnings=["the knowledge base is not there yet (%s); planned as empty" % why])
+    if module._diff:
+        result["diff"] = {"prepared": "".join(line + "\n" for line in result["diff_lines"])}
+    result["counts"] = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "busy": 0, "failed": 0,
+                        "skipped": sum(desired.skipped.values())}
+    return result
+
+
 def run(module):
     p = module.params
     settings = validate(p)
@@ -362,7 +388,12 @@ def run(module):
                            submit_budget=p["submit_budget"])
     if p["phase"] == "sync":
         engine.scan()  # local: a missing folder or a glob that matches nothing fails before any HTTP call
-    api, dataset_id = connect(module)
+    try:
+        api, dataset_id = connect(module)
+    except (KnowledgeInputError, KnowledgeApiError, DifyError) as err:
+        if not (module.check_mode and p["phase"] == "sync" and p["allow_missing_dataset"]):
+            raise
+        return not_there_yet(engine, module, getattr(err, "msg", None) or str(err))
     engine.api, engine.dataset_id = api, dataset_id
     if p["phase"] == "status":
         return dict(changed=False, dataset_id=dataset_id, documents=engine.status(p["watch"]))

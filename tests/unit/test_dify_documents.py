@@ -489,3 +489,17 @@ def test_only_idempotent_requests_are_retried_on_5xx(dify, repo, run_module):
     assert creates == [500, 200, 200, 200]  # the failed create was not repeated blindly
     assert res["counts"]["failed"] == 1 and res["failed_documents"][0]["status"] == 500
     assert res["requests"]["retries"] == 1
+
+
+def test_check_mode_before_the_knowledge_base_exists(dify, repo, run_module):
+    res = run_module("dify_documents", args(dify, repo, dataset="Later"), check_mode=True)
+    assert res["failed"] and "dataset: Dify has no knowledge base named 'Later'" in res["msg"]
+    res = run_module("dify_documents", args(dify, repo, dataset="Later", allow_missing_dataset=True), check_mode=True)
+    assert res["changed"] and res["would"]["add"] == ["README.md", "docs/guide.md", "src/app.py", "src/lib/util.cpp"]
+    assert res["diff"]["prepared"].startswith("+ README.md\n") and "not there yet" in res["warnings"][0]
+    res = run_module("dify_documents", args(dify, repo, url="http://127.0.0.1:9", allow_missing_dataset=True,
+                                           retries=0), check_mode=True)
+    assert res["changed"] and len(res["would"]["add"]) == 4
+    res = run_module("dify_documents", args(dify, repo, dataset="Later", allow_missing_dataset=True))
+    assert res["failed"]  # outside check mode a missing knowledge base always fails
+    assert dify.fake.writes() == []
