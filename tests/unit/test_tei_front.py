@@ -55,7 +55,7 @@ KEY = "tei-front-test-key"
 
 # fixed ports (17670-17689)
 P_LLAMA_EMB, P_LLAMA_RR, P_PROXY_EMB, P_PROXY_RR, P_FRONT_EMB, P_FRONT_RR = range(17670, 17676)
-P_PROXY_DIRECT, P_DEAD, P_SIGTERM, P_INPROC = 17676, 17677, 17678, 17680
+P_PROXY_DIRECT, P_DEAD, P_SIGTERM, P_INPROC, P_SILENT = 17676, 17677, 17678, 17680, 17681
 
 BASE = {"port": P_INPROC, "backend": "llamacpp", "backend_url": "http://127.0.0.1:%d" % P_DEAD,
         "kind": "embedding", "model_id": "m", "max_input_length": 16, "max_client_batch_size": 4}
@@ -465,6 +465,22 @@ def test_unreachable_backend_is_a_clear_tei_error():
     assert "llamacpp backend at http://127.0.0.1:%d is unreachable" % P_DEAD in err.value.message
 
 
+def test_silent_backend_times_out_with_a_clear_tei_error():
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", P_SILENT))
+    listener.listen(1)  # accepts, never answers
+    try:
+        client = tf.BackendHTTP("http://127.0.0.1:%d" % P_SILENT, timeout=0.3)
+        with pytest.raises(tf.TeiError) as err:
+            client.request("POST", "/v1/embeddings", {"input": ["a"]})
+        assert err.value.status == 424 and "did not answer /v1/embeddings within 0.3s" in err.value.message
+    finally:
+        listener.close()
+
+
 # ============================================================================ HTTP layer, in-process
 def _serve(conf, front_obj, api_key=None):
     lines = []
@@ -571,6 +587,17 @@ def test_http_overloaded_is_429(inproc):
     finally:
         gate.set()
         first.join()
+
+
+def test_http_unexpected_error_is_answered(inproc):
+    class Broken(FakeBackend):
+        def embed(self, inputs, normalize=True):
+            raise KeyError("embedding")
+
+    _, lines = inproc(backend=Broken())
+    assert call(P_INPROC, "POST", "/embed", {"inputs": "a"}) == (
+        500, {"error": "Backend error: 'embedding'", "error_type": "Backend"})
+    assert any("unexpected KeyError" in line for line in lines)
 
 
 def test_http_backend_down(inproc):

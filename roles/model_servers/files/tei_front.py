@@ -210,9 +210,11 @@ class BackendHTTP:
                         self._name(), self.origin, exc)) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                reason = "timed out after %ss" % self.timeout if isinstance(exc, TimeoutError) else exc
+                if isinstance(exc, TimeoutError):
+                    raise TeiError("Backend", "Backend error: %s backend at %s did not answer %s within %ss" % (
+                        self._name(), self.origin, full, self.timeout)) from exc
                 raise TeiError("Backend", "Backend error: %s backend at %s is unreachable (%s)" % (
-                    self._name(), self.origin, reason)) from exc
+                    self._name(), self.origin, exc)) from exc
         text = raw.decode("utf-8", "replace")
         try:
             return status, json.loads(text) if text else None
@@ -787,14 +789,17 @@ class Handler(BaseHTTPRequestHandler):
             data = payload.encode("utf-8") if isinstance(payload, str) else payload
         else:
             data = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        self._status = status
+        self.front.backend.http.close()
+        # the request's log line goes out before its answer: a client that has the answer has the line too
+        self.log("%s %s inputs=%d status=%d ms=%.0f" % (
+            self.command, self._path, self._inputs, status, (time.monotonic() - self._started) * 1000))
         self.send_response(status)
         if data:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        self._status = status
+        self.wfile.write(data)
 
     def _authorized(self):
         if not self.api_key:
@@ -803,15 +808,18 @@ class Handler(BaseHTTPRequestHandler):
         return hmac.compare_digest(got.encode("utf-8"), ("Bearer " + self.api_key).encode("utf-8"))
 
     def _handle(self):
-        started = time.monotonic()
+        self._started = time.monotonic()
         self._status, self._inputs = 0, 0
-        path = urllib.parse.urlsplit(self.path).path
+        self._path = urllib.parse.urlsplit(self.path).path
         try:
-            self._route(path)
+            self._route(self._path)
+        except Exception as exc:  # noqa: BLE001 - answer TEI-shaped instead of dropping the connection
+            self.log("%s %s: unexpected %s: %s" % (self.command, self._path, type(exc).__name__, exc))
+            if not self._status:
+                self.close_connection = True
+                self._send(500, {"error": "Backend error: %s" % exc, "error_type": "Backend"})
         finally:
             self.front.backend.http.close()
-            self.log("%s %s inputs=%d status=%d ms=%.0f" % (
-                self.command, path, self._inputs, self._status, (time.monotonic() - started) * 1000))
 
     def do_GET(self):  # noqa: N802 - http.server API
         self._handle()
