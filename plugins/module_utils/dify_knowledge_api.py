@@ -340,6 +340,12 @@ class KnowledgeSync(object):
         missing = [f for f in METADATA_FIELDS if f not in fields]
         for name in missing:
             fields[name] = self.api.create_metadata_field(self.dataset_id, name)
+        if plan.add or plan.retry or plan.replace:
+            if not self.settings.get("indexing_technique"):
+                # Dify 1.15.0's create-by-text refuses a body without indexing_technique (KnowledgeConfig
+                # requires it): send the knowledge base's own
+                technique = self.api.get_dataset(self.dataset_id).get("indexing_technique")
+                self.settings = dict(self.settings, indexing_technique=technique or "high_quality")
         written, aborted = self._write(plan, result, started)
         self._store_metadata(written, fields, result)
         if aborted is not None:

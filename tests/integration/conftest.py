@@ -154,7 +154,7 @@ def bootstrap_vars(real_dify, plugin_packages, tmp_path_factory):
         "dify_bootstrap_url": real_dify.url,
         "dify_bootstrap_public_url": real_dify.public_url,
         "dify_bootstrap_credentials_dir": creds,
-        "dify_bootstrap_plugin_packages": {OAC_ID: plugin_packages[OAC_ID]},
+        "dify_bootstrap_plugin_packages": {OAC_ID: plugin_packages[OAC_ID], TEI_ID: plugin_packages[TEI_ID]},
         "dify_bootstrap_plugin_wait_timeout": 600,
         "dify_bootstrap_wait_timeout": 60,
         "model_servers_dify_endpoints": real_dify.model_endpoints(),

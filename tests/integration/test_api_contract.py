@@ -25,7 +25,7 @@ ADMIN = {"admin_email": "contract@example.com", "admin_password": "Contract-pw-1
 @pytest.fixture(scope="module", params=["standin", "real"])
 def backend(request, real_dify):
     """(url, kind, model endpoint credentials) of a fresh, not-set-up Dify."""
-    emb = {e["model_type"]: e["credentials"] for e in real_dify.model_endpoints()}
+    emb = {e["model_type"]: e["credentials"] for e in real_dify.model_endpoints(path="openai")}
     if request.param == "real":
         port = real_dify.ports["api_contract"]
         url = real_dify.start_extra_api("contract", port, "http://127.0.0.1:%d" % port)

@@ -14,10 +14,14 @@ import time
 import pytest
 
 from ansible.module_utils.dify_client import DifyClient, DifyError, DifyLoginLocked
-from conftest import ADMIN_EMAIL, OAC_ID, build_package, module_playbook
+from conftest import ADMIN_EMAIL, OAC_ID, TEI_ID, build_package, module_playbook
 
 P = "langgenius/openai_api_compatible/openai_api_compatible"
+TEI = "langgenius/huggingface_tei/huggingface_tei"
 C = "/console/api"
+# model -> (type, provider): the LLM straight through openai_api_compatible, embedding and rerank
+# through their TEI-compatible fronts and huggingface_tei (the model_servers role's default path)
+MODELS = {"tiny-chat": ("llm", P), "tiny-embed": ("text-embedding", TEI), "tiny-rerank": ("rerank", TEI)}
 
 
 def mode_of(path):
@@ -42,12 +46,16 @@ def snapshot(client):
         "defaults": [client.request("GET", C + "/workspaces/current/default-model",
                                     query={"model_type": t}).get("data") for t in ("llm", "text-embedding", "rerank")],
     }
-    for m in ("tiny-chat:llm", "tiny-embed:text-embedding", "tiny-rerank:rerank"):
-        name, mtype = m.split(":")
-        cred = client.request("GET", C + "/workspaces/current/model-providers/%s/models/credentials" % P,
-                              query={"model": name, "model_type": mtype})
-        out[m] = (cred.get("current_credential_id"), cred.get("credentials"))
+    for name, (mtype, provider) in MODELS.items():
+        out[name] = model_credentials(client, name)
     return out
+
+
+def model_credentials(client, name):
+    mtype, provider = MODELS[name]
+    cred = client.request("GET", C + "/workspaces/current/model-providers/%s/models/credentials" % provider,
+                          query={"model": name, "model_type": mtype})
+    return cred.get("current_credential_id"), cred.get("credentials")
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +79,19 @@ def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
     client = console(real_dify, creds)
     state["client"] = client
     plugins = client.request("GET", C + "/workspaces/current/plugin/list", query={"page": 1, "page_size": 256})
-    assert [(p["plugin_id"], p["version"], p["source"]) for p in plugins["plugins"]] == [
-        (OAC_ID, "0.0.63", "package")]
-    for name, mtype, field in (("tiny-chat", "llm", "mode"), ("tiny-embed", "text-embedding", "max_chunks"),
-                               ("tiny-rerank", "rerank", "context_size")):
-        cred = client.request("GET", C + "/workspaces/current/model-providers/%s/models/credentials" % P,
-                              query={"model": name, "model_type": mtype})
-        assert cred["current_credential_id"], (name, cred)
-        assert cred["credentials"]["endpoint_url"].startswith("http://127.0.0.1:")
-        assert field in cred["credentials"]
+    assert sorted((p["plugin_id"], p["version"], p["source"]) for p in plugins["plugins"]) == [
+        (TEI_ID, "0.1.10", "package"), (OAC_ID, "0.0.63", "package")]
+    cred_id, creds_llm = model_credentials(client, "tiny-chat")
+    assert cred_id and creds_llm["endpoint_url"] == "http://127.0.0.1:%d/v1" % real_dify.ports["llm"]
+    cred_id, creds_emb = model_credentials(client, "tiny-embed")
+    assert cred_id and creds_emb["server_url"] == "http://127.0.0.1:%d" % real_dify.ports["embedding_tei"]
+    # Dify keeps what huggingface_tei read from the front's /info: the batch size it embeds with
+    assert (creds_emb.get("max_chunks"), creds_emb.get("context_size")) == (8, 512), creds_emb
+    assert model_credentials(client, "tiny-rerank")[0]
     defaults = {t: client.request("GET", C + "/workspaces/current/default-model", query={"model_type": t})["data"]
                 for t in ("llm", "text-embedding", "rerank")}
     assert {t: (d["provider"]["provider"], d["model"]) for t, d in defaults.items()} == {
-        "llm": (P, "tiny-chat"), "text-embedding": (P, "tiny-embed"), "rerank": (P, "tiny-rerank")}
+        "llm": (P, "tiny-chat"), "text-embedding": (TEI, "tiny-embed"), "rerank": (TEI, "tiny-rerank")}
     files = sorted(os.listdir(creds))
     assert files == ["admin_password", "app_api_key_Assistant", "dataset_api_key"]
     assert mode_of(creds) == 0o700 and all(mode_of(os.path.join(creds, f)) == 0o600 for f in files)
@@ -92,9 +100,9 @@ def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
     datasets = client.service_request("GET", "/v1/datasets", ds_key, query={"page": 1, "limit": 100})["data"]
     (ds,) = datasets
     assert ds["name"] == "Documents" and ds["indexing_technique"] == "high_quality"
-    assert (ds["embedding_model"], ds["embedding_model_provider"]) == ("tiny-embed", P)
+    assert (ds["embedding_model"], ds["embedding_model_provider"]) == ("tiny-embed", TEI)
     rm = ds["retrieval_model_dict"]
-    assert rm["reranking_enable"] and rm["reranking_model"] == {"reranking_provider_name": P,
+    assert rm["reranking_enable"] and rm["reranking_model"] == {"reranking_provider_name": TEI,
                                                                 "reranking_model_name": "tiny-rerank"}
     apps = client.request("GET", C + "/apps", query={"page": 1, "limit": 100})["data"]
     (app,) = apps
@@ -192,7 +200,7 @@ def test_unknown_credential_field_fails_before_any_write(real_dify, ansible_run,
 
 
 def test_missing_required_field_fails_before_any_http(run_bootstrap, real_dify):
-    endpoints = real_dify.model_endpoints()
+    endpoints = real_dify.model_endpoints(path="openai")
     del endpoints[1]["credentials"]["max_chunks"]
     run = run_bootstrap({"model_servers_dify_endpoints": endpoints, "dify_bootstrap_url": "http://127.0.0.1:1"})
     assert run.rc != 0
@@ -226,12 +234,14 @@ def test_plugin_version_change(real_dify, run_bootstrap, plugin_packages, state)
                           plugin_packages["_dir"], version="0.0.64")
     run = run_bootstrap({"dify_bootstrap_plugin_packages": {OAC_ID: newer}})
     assert run.rc == 0, run.failures()
-    (res,) = run.results("Install the provider plugins")
+    by_id = {r["item"]: r for r in run.results("Install the provider plugins")}
+    assert not by_id[TEI_ID]["changed"]
+    res = by_id[OAC_ID]
     assert res["changed"] and res["method"] == "reinstall" and res["version_change"] == "0.0.63 -> 0.0.64"
     after = snapshot(state["client"])
-    assert after["plugins"] == [(OAC_ID, "0.0.64")]
-    for m in ("tiny-chat:llm", "tiny-embed:text-embedding", "tiny-rerank:rerank"):
-        assert after[m][0], m  # every model is registered with the new plugin
+    assert after["plugins"] == [(TEI_ID, "0.1.10"), (OAC_ID, "0.0.64")]
+    for name in MODELS:
+        assert after[name][0], name  # every model is still (or again) registered
     again = run_bootstrap({"dify_bootstrap_plugin_packages": {OAC_ID: newer}})
     assert again.rc == 0 and again.changed == {}, again.changed_tasks()
     # retrieval still works through the reinstalled plugin

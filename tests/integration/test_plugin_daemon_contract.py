@@ -34,9 +34,13 @@ from plugin_daemon_standin import StandinProcess, default_cache_dir, find_uv  # 
 from plugin_daemon_standin import difypkg  # noqa: E402
 from plugin_daemon_standin.envs import PythonNotFound, find_python  # noqa: E402
 
-DIFY_ROOT = os.environ.get("DIFY_TEST_REAL_DIFY_DIR", "/var/cache/dify-test/real-dify")
-DIFY_API = os.environ.get("DIFY_TEST_DIFY_API_SRC", os.path.join(DIFY_ROOT, "src", "dify-1.15.0", "api"))
-DIFY_PYTHON = os.environ.get("DIFY_TEST_DIFY_PYTHON", os.path.join(DIFY_ROOT, "venv-probe", "bin", "python"))
+from real_dify.harness import RealDify  # noqa: E402
+
+# Dify's own source and venv, as the real-Dify harness prepares them (cached; nothing is started)
+_HARNESS = RealDify()
+_HARNESS.prepare()
+DIFY_API = _HARNESS.api_dir
+DIFY_PYTHON = _HARNESS.api_python
 UPSTREAM = os.path.join(os.path.dirname(ROOT), "shared", "upstream")
 PLUGINS_TARBALL = os.path.join(UPSTREAM, "dify-official-plugins-7af22831-models.tar.gz")
 PLUGINS_TARBALL_SHA256 = "1f288b483ef594fe3335e842a3ec63829d0d1929c3f2ae0cb141f5adc5fd1dcd"

