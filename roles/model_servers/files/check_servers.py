@@ -2,9 +2,11 @@
 """Wait until every model server is healthy and serves its model name (model_servers role).
 
   check_servers.py SPEC.json TIMEOUT
-SPEC: [{"name", "health": url, "models": url or null, "served_name"}]; the API key, if any,
-comes from the MODEL_SERVERS_API_KEY environment variable. Prints one JSON line per server
-and exits 1 if any server is not ready within TIMEOUT seconds.
+SPEC: [{"name", "health": url, "models": url or null, "served_name"}, and for a TEI-compatible front
+also "info": url, "model_type" (embedding | reranker), "max_client_batch_size"]: health must answer 200,
+/v1/models list the served name, /info carry the model id, type and client batch huggingface_tei reads.
+The API key, if any, comes from the MODEL_SERVERS_API_KEY environment variable. Prints one JSON line
+per server and exits 1 if any server is not ready within TIMEOUT seconds.
 """
 
 import json
@@ -29,6 +31,13 @@ def check(server, key):
         ids = [m.get("id") for m in json.loads(body).get("data", [])]
         if server["served_name"] not in ids:
             return "serves %s, not %s" % (ids, server["served_name"])
+    if server.get("info"):
+        status, body = get(server["info"], key)
+        info = json.loads(body)
+        got = (info.get("model_id"), sorted(info.get("model_type") or {}), info.get("max_client_batch_size"))
+        want = (server["served_name"], [server["model_type"]], server["max_client_batch_size"])
+        if got != want:
+            return "/info answers model_id, model_type, max_client_batch_size = %s, not %s" % (got, want)
     return None
 
 

@@ -10,6 +10,7 @@ batches of that size (``langgenius/openai_api_compatible`` sends one text per re
 score threshold of 0.0 throws away).
 
     tei_front.py /etc/model-servers/<name>-tei.json
+    tei_front.py --check CONFIG.json      (validate a configuration and exit: 0 = valid)
 
 Configuration (JSON object; unknown keys are refused):
   host, port                  where the front listens (default host 127.0.0.1)
@@ -32,6 +33,14 @@ Configuration (JSON object; unknown keys are refused):
   max_batch_tokens            reported in /info (default max_input_length * max_client_batch_size)
   pooling                     reported in /info for embedding models (default "mean")
   model_dtype                 reported in /info (default "float16")
+  default_prompt              text put before every embedding input (TEI's --default-prompt), e.g. ruri's
+                              "文章: "; counted in max_input_length. Dify's huggingface_tei plugin does not tell
+                              queries from documents, so one prompt serves both (default: none)
+  info_max_input_length       max_input_length as /info reports it (default max_input_length; not below it).
+                              huggingface_tei cuts every text whose GPT-2 token count reaches /info's
+                              max_input_length before sending it, and GPT-2 counts CJK text at 1.4-3 tokens
+                              per character: reporting more keeps chunks whole, and the front still truncates
+                              by the backend's own tokens (auto_truncate must be true)
 
 One client request with up to max_client_batch_size inputs becomes ONE backend inference request
 (/v1/embeddings or /v1/rerank for llama.cpp, /embeddings or /rerank for Infinity). With llama.cpp,
@@ -68,6 +77,8 @@ DEFAULTS = {
     "max_batch_tokens": None,
     "pooling": "mean",
     "model_dtype": "float16",
+    "default_prompt": "",
+    "info_max_input_length": None,
 }
 REQUIRED = ("port", "backend", "backend_url", "kind", "model_id", "max_input_length", "max_client_batch_size")
 BACKENDS = ("llamacpp", "infinity")
@@ -148,6 +159,17 @@ def load_config(source):
         cfg["max_batch_tokens"] = cfg["max_input_length"] * cfg["max_client_batch_size"]
     if not cfg["backend_model"]:
         cfg["backend_model"] = cfg["model_id"]
+    if not isinstance(cfg["default_prompt"], str):
+        raise ConfigError("default_prompt must be a string, not %r" % (cfg["default_prompt"],))
+    info = cfg["info_max_input_length"]
+    if info is None:
+        cfg["info_max_input_length"] = cfg["max_input_length"]
+    elif isinstance(info, bool) or not isinstance(info, int) or info < cfg["max_input_length"]:
+        raise ConfigError("info_max_input_length must be an integer of at least max_input_length (%d), not %r"
+                          % (cfg["max_input_length"], info))
+    elif info > cfg["max_input_length"] and not cfg["auto_truncate"]:
+        raise ConfigError("info_max_input_length above max_input_length needs auto_truncate: true (longer inputs "
+                          "would be refused)")
     return cfg
 
 
@@ -515,7 +537,7 @@ class Front:
             "served_model_name": cfg["model_id"],
             "model_type": model_type,
             "max_concurrent_requests": cfg["max_concurrent_requests"],
-            "max_input_length": self.limit,
+            "max_input_length": cfg["info_max_input_length"],
             "max_batch_tokens": cfg["max_batch_tokens"],
             "max_batch_requests": None,
             "max_client_batch_size": self.batch,
@@ -635,6 +657,9 @@ class Front:
         if not openai and body.get("prompt_name") is not None:
             raise validation("Input validation error: `prompt_name` is not supported by this server")
         self._batch_checks(inputs, key if openai else "inputs")
+        prompt = self.cfg["default_prompt"]
+        if prompt:  # as TEI's --default-prompt: before the text, inside the length limit
+            inputs = [prompt + x if isinstance(x, str) else x for x in inputs]
         if openai:
             truncate, side, normalize = self.cfg["auto_truncate"], "right", True
             fmt = body.get("encoding_format") or "float"
@@ -940,8 +965,15 @@ def make_server(cfg, api_key=None, log=None, front=None):
 
 
 def main(argv):
+    if len(argv) == 3 and argv[1] == "--check":
+        try:
+            load_config(argv[2])
+        except ConfigError as exc:
+            print("tei_front: %s: %s" % (argv[2], exc), file=sys.stderr)
+            return 1
+        return 0
     if len(argv) != 2:
-        sys.exit("usage: tei_front.py CONFIG.json")
+        sys.exit("usage: tei_front.py CONFIG.json | tei_front.py --check CONFIG.json")
     try:
         cfg = load_config(argv[1])
     except ConfigError as exc:
