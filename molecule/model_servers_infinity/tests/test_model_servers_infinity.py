@@ -2,11 +2,13 @@
 
 Two Infinity servers really run under systemd on the Debian 12 test host and answer over HTTP on
 the machine's loopback (test hosts share the machine's network): the real all-MiniLM-L6-v2
-(embeddings) and a tiny random cross-encoder (rerank). Requests go to the URLs the role hands
-to Dify (model_servers_dify_endpoints, written to a file by converge.yml).
+(embeddings) and a tiny random cross-encoder (rerank), each behind its TEI-compatible front.
+Requests go to the URLs the role hands to Dify (model_servers_dify_endpoints, written to a file by
+converge.yml), the way Dify's huggingface_tei plugin sends them.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -14,11 +16,12 @@ import pytest
 import testinfra
 
 sys.path.insert(0, os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "molecule", "shared"))
-from model_http import cosine, post  # noqa: E402 - shared with the other model server scenario
+from model_http import cosine, get, metric, post  # noqa: E402 - shared with the other model server scenario
 
 INVENTORY_FILE = os.environ["MOLECULE_INVENTORY_FILE"]
 HOST = testinfra.get_host(f"ansible://msi-debian12?ansible_inventory={INVENTORY_FILE}")
-PORTS = {"embedding": 17261, "rerank": 17262}
+PORTS = {"embedding": 17261, "rerank": 17262}           # the fronts
+BACKEND_PORTS = {"embedding": 18261, "rerank": 18262}   # Infinity behind them, port + 1000
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +32,24 @@ def endpoints():
 
 @pytest.mark.parametrize("name", ["embedding", "rerank"])
 def test_units_run_enabled_under_the_service_user(name):
-    svc = HOST.service(f"model-server-{name}")
-    assert svc.is_running
-    assert svc.is_enabled
-    pid = HOST.check_output(f"systemctl show -p MainPID --value model-server-{name}").strip()
-    assert pid != "0"
-    assert HOST.check_output(f"ps -o user= -p {pid}").strip() == "model-servers"
+    for unit in (f"model-server-{name}", f"model-server-{name}-tei"):
+        svc = HOST.service(unit)
+        assert svc.is_running, unit
+        assert svc.is_enabled, unit
+        pid = HOST.check_output(f"systemctl show -p MainPID --value {unit}").strip()
+        assert pid != "0"
+        assert HOST.check_output(f"ps -o user= -p {pid}").strip() == "model-servers"
     unit = HOST.file(f"/etc/systemd/system/model-server-{name}.service").content_string
     assert "/opt/model-servers/venvs/infinity/bin/infinity_emb v2" in unit
+    assert f"--host 127.0.0.1 --port {BACKEND_PORTS[name]}" in unit
 
 
 @pytest.mark.parametrize("name", ["embedding", "rerank"])
 def test_bound_to_loopback_only(name):
-    port = PORTS[name]
-    assert HOST.socket(f"tcp://127.0.0.1:{port}").is_listening
-    assert not HOST.socket(f"tcp://0.0.0.0:{port}").is_listening
-    assert not HOST.socket(f"tcp://:::{port}").is_listening
+    for port in (PORTS[name], BACKEND_PORTS[name]):
+        assert HOST.socket(f"tcp://127.0.0.1:{port}").is_listening
+        assert not HOST.socket(f"tcp://0.0.0.0:{port}").is_listening
+        assert not HOST.socket(f"tcp://:::{port}").is_listening
 
 
 def test_cpu_torch_from_the_local_wheel():
@@ -56,21 +61,30 @@ def test_cpu_torch_from_the_local_wheel():
 def test_endpoints_for_dify(endpoints):
     emb, rerank = endpoints["embedding"], endpoints["rerank"]
     assert emb["model_type"] == "text-embedding" and rerank["model_type"] == "rerank"
-    assert emb["credentials"]["endpoint_url"] == "http://127.0.0.1:17261/v1"
-    assert rerank["credentials"]["endpoint_url"] == "http://127.0.0.1:17262/v1"
-    assert emb["credentials"]["endpoint_model_name"] == "all-minilm-l6-v2"
-    assert rerank["credentials"]["endpoint_model_name"] == "tiny-reranker"
+    for e, port in ((emb, 17261), (rerank, 17262)):
+        assert e["plugin_id"] == "langgenius/huggingface_tei"
+        assert e["credentials"] == {"server_url": "http://127.0.0.1:%d" % port, "invoke_timeout": "300", "max_retries": "1"}
+    assert (emb["model"], rerank["model"]) == ("all-minilm-l6-v2", "tiny-reranker")
+    assert (emb["max_batch"], rerank["max_batch"]) == (8, 64)
+
+
+def test_info_answers_what_huggingface_tei_reads(endpoints):
+    emb = get(endpoints["embedding"]["credentials"]["server_url"] + "/info")
+    rr = get(endpoints["rerank"]["credentials"]["server_url"] + "/info")
+    assert (emb["model_id"], list(emb["model_type"]), emb["max_client_batch_size"]) == ("all-minilm-l6-v2", ["embedding"], 8)
+    assert (rr["model_id"], list(rr["model_type"]), rr["max_client_batch_size"]) == ("tiny-reranker", ["reranker"], 64)
+    assert emb["max_input_length"] == 1000     # 4 x the 250-character chunks: huggingface_tei never cuts one
 
 
 def test_embeddings_have_the_model_dimension_and_meaning(endpoints):
-    cred = endpoints["embedding"]["credentials"]
+    url = endpoints["embedding"]["credentials"]["server_url"]
     texts = [
         "A cat is sleeping on the sofa.",
         "A kitten naps on the couch.",
         "The stock market fell sharply today.",
         "Interest rates were raised by the central bank.",
     ]
-    out = post(cred["endpoint_url"] + "/embeddings", {"model": cred["endpoint_model_name"], "input": texts})
+    out = post(url + "/v1/embeddings", {"input": texts})
     vecs = [d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])]
     assert len(vecs) == 4
     assert all(len(v) == 384 for v in vecs)  # all-MiniLM-L6-v2's dimension
@@ -81,14 +95,30 @@ def test_embeddings_have_the_model_dimension_and_meaning(endpoints):
     assert related_money > unrelated, (related_money, unrelated)
 
 
-def test_rerank_scores_every_document(endpoints):
-    cred = endpoints["rerank"]["credentials"]
+def test_64_texts_are_ceil_64_over_batch_backend_requests(endpoints):
+    url = endpoints["embedding"]["credentials"]["server_url"]
+    batch = get(url + "/info")["max_client_batch_size"]
+    before = metric(url + "/metrics", 'tei_front_backend_requests{path="/v1/embeddings"}')
+    got = 0
+    for i in range(0, 64, batch):   # Dify's loop over max_chunks
+        got += len(post(url + "/v1/embeddings", {"input": ["text %d" % j for j in range(i, min(i + batch, 64))]})["data"])
+    after = metric(url + "/metrics", 'tei_front_backend_requests{path="/v1/embeddings"}')
+    assert got == 64 and after - before == math.ceil(64 / batch) == 8
+
+
+def test_rerank_scores_every_document_in_0_1(endpoints):
+    url = endpoints["rerank"]["credentials"]["server_url"]
     docs = ["Paris is the capital of France.", "Bananas are yellow.", "The Eiffel Tower is in Paris.",
             "Rust is a programming language."]
-    out = post(cred["endpoint_url"] + "/rerank", {
-        "model": cred["endpoint_model_name"], "query": "What is the capital of France?",
-        "documents": docs, "return_documents": False})
-    results = out["results"]
-    assert sorted(r["index"] for r in results) == list(range(len(docs)))
-    assert all(0.0 <= r["relevance_score"] <= 1.0 for r in results), results
-
+    before = metric(url + "/metrics", 'tei_front_backend_requests{path="/v1/rerank"}')
+    out = post(url + "/rerank", {"query": "What is the capital of France?", "texts": docs, "return_text": True})
+    assert sorted(r["index"] for r in out) == list(range(len(docs)))
+    assert all(0.0 < r["score"] < 1.0 for r in out), out
+    assert [r["score"] for r in out] == sorted((r["score"] for r in out), reverse=True)
+    assert all(r["text"] == docs[r["index"]] for r in out)
+    assert len(post(url + "/rerank", {"query": "q", "texts": ["doc %d" % i for i in range(64)]})) == 64
+    assert metric(url + "/metrics", 'tei_front_backend_requests{path="/v1/rerank"}') - before == 2
+    # Infinity itself, behind the front, on loopback
+    direct = post("http://127.0.0.1:%d/v1/rerank" % BACKEND_PORTS["rerank"],
+                  {"model": "tiny-reranker", "query": "q", "documents": ["a", "b"], "return_documents": False})
+    assert len(direct["results"]) == 2
