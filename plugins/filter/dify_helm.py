@@ -807,7 +807,7 @@ def _endpoint_urls(endpoint):
 
 
 def dify_kubernetes_bootstrap(settings):
-    """{url, model_endpoints} for the dify_bootstrap role on the Kubernetes path.
+    """{url, model_endpoints, dify_version} for the dify_bootstrap role on the Kubernetes path.
 
     `url` is dify_kubernetes_bootstrap_url, else dify_public_url. Model endpoints keep the
     contract-2 shape (model_servers_dify_endpoints); an endpoint a pod cannot reach (loopback,
@@ -829,7 +829,7 @@ def dify_kubernetes_bootstrap(settings):
                       "model_servers_dify_host on the GPU hosts to an address the cluster reaches, or give "
                       "dify_kubernetes_model_endpoints with in-cluster Service URLs"
                       % (endpoint.get("name", index), endpoint["model"], key, value))
-    return {"url": url.rstrip("/"), "model_endpoints": endpoints}
+    return {"url": url.rstrip("/"), "model_endpoints": endpoints, "dify_version": settings.get("dify_version", "")}
 
 
 class FilterModule(object):

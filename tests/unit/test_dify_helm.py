@@ -457,10 +457,11 @@ ENDPOINT = {"name": "llm", "kind": "llm", "model_type": "llm", "plugin_id": "lan
 
 
 def test_bootstrap_reaches_dify_at_the_public_url_unless_told():
-    assert dify_helm.dify_kubernetes_bootstrap(MINIMAL) == {"url": "https://dify.example.com", "model_endpoints": []}
+    assert dify_helm.dify_kubernetes_bootstrap(MINIMAL) == {"url": "https://dify.example.com", "model_endpoints": [],
+                                                            "dify_version": "1.15.0"}
     got = dify_helm.dify_kubernetes_bootstrap(dict(MINIMAL, dify_kubernetes_bootstrap_url="http://127.0.0.1:8080/",
                                                    dify_kubernetes_model_endpoints=[ENDPOINT]))
-    assert got == {"url": "http://127.0.0.1:8080", "model_endpoints": [ENDPOINT]}
+    assert got == {"url": "http://127.0.0.1:8080", "model_endpoints": [ENDPOINT], "dify_version": "1.15.0"}
 
 
 @pytest.mark.parametrize("url", ["http://host.docker.internal:8081/v1", "http://127.0.0.1:8081/v1", "http://localhost:8081"])
