@@ -32,10 +32,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import copy
-import math
 import posixpath
 import re
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 try:
@@ -111,6 +110,17 @@ def _as_int(value):
     return None
 
 
+def _plain(value):
+    """VALUE as plain dicts and lists. Ansible hands filters lazy containers whose templates render when read;
+    reading them item by item renders them in the play's context (a deep copy would copy the templating
+    machinery itself, and a filter used inside a nested template then fails to load)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _merge(base, over):
     """Recursive dict merge (combine(recursive=true)): dicts merge, everything else replaces."""
     out = dict(base)
@@ -118,7 +128,7 @@ def _merge(base, over):
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = _plain(value)
     return out
 
 
@@ -304,7 +314,7 @@ def model_servers_plan(inputs):
     "bind_address": default bind, "runtime": default runtime, "chunk_chars": int}. Every problem
     names the variable and the server; the role fails on any before it changes anything.
     """
-    inp = dict(inputs or {})
+    inp = _plain(inputs or {})
     problems, warnings = [], []
     unknown = sorted(set(inp) - set(PLAN_INPUTS))
     if unknown:
@@ -356,7 +366,7 @@ def model_servers_plan(inputs):
             problems.append("model_servers_server_overrides.%s must be a mapping, got %r" % (name, over))
             over = {}
         base = _merge(_merge(defaults, entry), over)
-        source = copy.deepcopy(sources[name]) if name in sources else base.get("model")
+        source = sources[name] if name in sources else base.get("model")
         if not _check_entry(label, base, source, problems):
             continue
         s = dict(base)

@@ -5,12 +5,14 @@ and the endpoints handed to Dify are built here exactly as the role builds them 
 also validates the compose document with a real compose v2 binary).
 """
 
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from ansible.template import trust_as_template
 
 from role_render import RoleRender
 
@@ -369,3 +371,32 @@ def test_checks_cover_backends_and_fronts():
                                     "info": "http://172.17.0.1:8083/info", "model_type": "reranker",
                                     "max_client_batch_size": 64}
     assert checks["llm"]["health"] == "http://172.17.0.1:8081/health"
+
+
+@pytest.mark.parametrize("archives, want", [
+    ([], IMAGES["infinity"]["image"] + "@" + IMAGES["infinity"]["digest"]),   # pinned by digest
+    (["/srv/images.tar"], IMAGES["infinity"]["image"]),                        # archives: loaded images carry no digest
+])
+def test_infinity_recipe_is_built_from_the_pinned_image(archives, want):
+    tasks = yaml.safe_load((ROLE / "tasks" / "container.yml").read_text())
+    refs_task = yaml.safe_load((ROLE / "tasks" / "gpu_compat.yml").read_text())[0]
+    recipe = next(t for t in tasks if t["name"].startswith("Write the image recipes"))
+    _, plan = resolved()
+    embedding = by_name(plan["servers"])["embedding"]
+    r = role(item=embedding, model_servers_image_archives=archives,
+             __model_servers_image_refs=refs_task["ansible.builtin.set_fact"]["__model_servers_image_refs"])
+    text = r.templar.template(trust_as_template(recipe["ansible.builtin.copy"]["content"]))
+    assert "FROM %s\n" % want in text
+    assert "RUN pip install --no-cache-dir fugashi unidic-lite sentencepiece" in text
+
+
+def test_templated_inputs_with_filters_resolve_inside_the_plan():
+    # inventory values are lazy templates; one that uses a filter must render inside the plan's filter
+    # (molecule/model_servers' URL checksum does: a deep copy of a lazy value broke its filters)
+    _, plan = resolved(model_servers_preset="cpu-tiny", model_servers_source_overrides={"llm": {
+        "url": "http://127.0.0.1:17240/tiny.gguf",
+        "checksum": "sha256:{{ (['x tiny', 'y'] | select('search', 'tiny') | first) | hash('sha256') }}"}})
+    assert plan["problems"] == []
+    llm = by_name(plan["servers"])["llm"]
+    assert llm["model"]["checksum"] == "sha256:" + hashlib.sha256(b"x tiny").hexdigest()
+    assert llm["file"] == "tiny.gguf"
