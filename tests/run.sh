@@ -84,7 +84,17 @@ run_scenario() {
       fi
     done <"molecule/$s/requires"
   fi
-  step "molecule:$s" molecule test -s "$s"
+  step "molecule:$s" molecule_locked "$s"
+}
+
+# Molecule runs scenarios with fixed instance names on the host network: two runs on one machine
+# destroy each other's hosts. One lock per machine serializes them (a second run waits).
+MOLECULE_LOCK=${DIFY_TEST_MOLECULE_LOCK:-/tmp/dify-test-molecule.lock}
+molecule_locked() {
+  (
+    flock -n 9 || { echo "waiting for another Molecule run on this machine ($MOLECULE_LOCK)"; flock 9; }
+    molecule test -s "$1"
+  ) 9>"$MOLECULE_LOCK"
 }
 
 summary() {

@@ -13,6 +13,8 @@ short_description: checks of dify_bootstrap_model_endpoints against the provider
 description:
   - C(dify_endpoint_problems) lists, for each endpoint, the credential fields its provider's schema requires
     but the endpoint lacks, and the fields the schema does not know (Dify would silently drop them).
+  - C(dify_bootstrap_legacy_credentials) turns the files an earlier version kept on the controller
+    (admin_password, dataset_api_key) into the credentials file's mapping, to import them once.
 """
 
 MODEL_TYPES = ("llm", "text-embedding", "rerank", "speech2text", "tts", "moderation")
@@ -78,6 +80,20 @@ def dify_endpoint_problems(endpoints):
     return problems
 
 
+LEGACY_FILES = ("admin_password", "dataset_api_key")
+
+
+def dify_bootstrap_legacy_credentials(names, contents):
+    """{file name: content} of the old controller directory -> the credentials mapping (app keys are not
+    imported: their file names lost the app names; the bootstrap re-reads the apps' existing keys)."""
+    out = {}
+    for name, content in zip(names or [], contents or []):
+        if name in LEGACY_FILES and content and content.strip():
+            out[name] = content.strip()
+    return out
+
+
 class FilterModule(object):
     def filters(self):
-        return {"dify_endpoint_problems": dify_endpoint_problems}
+        return {"dify_endpoint_problems": dify_endpoint_problems,
+                "dify_bootstrap_legacy_credentials": dify_bootstrap_legacy_credentials}

@@ -149,11 +149,12 @@ BOOTSTRAP_PLAYBOOK = """- name: Bootstrap Dify (integration test against real Di
 @pytest.fixture(scope="session")
 def bootstrap_vars(real_dify, plugin_packages, tmp_path_factory):
     """Role variables of a bootstrap against the harness's Dify: its model servers, offline plugin packages."""
-    creds = str(tmp_path_factory.mktemp("creds"))
+    creds = os.path.join(str(tmp_path_factory.mktemp("dify-host")), "bootstrap-credentials.yml")
     return {
         "dify_bootstrap_url": real_dify.url,
         "dify_bootstrap_public_url": real_dify.public_url,
-        "dify_bootstrap_credentials_dir": creds,
+        "dify_bootstrap_credentials_file": creds,
+        "dify_bootstrap_import_credentials_dir": "",
         "dify_bootstrap_plugin_packages": {OAC_ID: plugin_packages[OAC_ID], TEI_ID: plugin_packages[TEI_ID]},
         "dify_bootstrap_plugin_wait_timeout": 600,
         "dify_bootstrap_wait_timeout": 60,
@@ -175,3 +176,11 @@ def module_playbook(module, args, register=True):
     """A one-task playbook running ``module`` with ``args`` (JSON is valid YAML)."""
     return ("- hosts: dify\n  gather_facts: false\n  tasks:\n    - name: run %s\n      %s: %s\n"
             % (module, module, json.dumps(args)))
+
+
+def stored_credentials(path):
+    """The bootstrap's credentials file (YAML) as a dict."""
+    import yaml
+
+    with open(path) as fh:
+        return yaml.safe_load(fh)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ansible.module_utils.dify_client import DifyClient, DifyError, DifyLoginLocked
-from conftest import ADMIN_EMAIL, OAC_ID, TEI_ID, build_package, module_playbook
+from conftest import ADMIN_EMAIL, OAC_ID, TEI_ID, build_package, module_playbook, stored_credentials
 
 P = "langgenius/openai_api_compatible/openai_api_compatible"
 TEI = "langgenius/huggingface_tei/huggingface_tei"
@@ -28,8 +28,8 @@ def mode_of(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def console(real_dify, creds_dir):
-    password = open(os.path.join(creds_dir, "admin_password")).read()
+def console(real_dify, creds_file):
+    password = stored_credentials(creds_file)["admin_password"]
     return DifyClient(real_dify.url, admin_email=ADMIN_EMAIL, admin_password=password, retry_delay=0.2)
 
 
@@ -68,14 +68,14 @@ def test_check_mode_on_a_fresh_dify_changes_nothing(real_dify, run_bootstrap, bo
     assert run.rc == 0, run.failures()
     assert run.changed.get("localhost", 0) > 0  # it reports what it would do
     assert DifyClient(real_dify.url).setup_status() == "not_started"
-    assert not os.listdir(bootstrap_vars["dify_bootstrap_credentials_dir"])
+    assert not os.path.exists(bootstrap_vars["dify_bootstrap_credentials_file"])
 
 
 def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
     run = run_bootstrap(verbose=True)
     assert run.rc == 0, run.failures()
     assert run.changed.get("localhost", 0) > 0
-    creds = bootstrap_vars["dify_bootstrap_credentials_dir"]
+    creds = bootstrap_vars["dify_bootstrap_credentials_file"]
     client = console(real_dify, creds)
     state["client"] = client
     plugins = client.request("GET", C + "/workspaces/current/plugin/list", query={"page": 1, "page_size": 256})
@@ -92,11 +92,12 @@ def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
                 for t in ("llm", "text-embedding", "rerank")}
     assert {t: (d["provider"]["provider"], d["model"]) for t, d in defaults.items()} == {
         "llm": (P, "tiny-chat"), "text-embedding": (TEI, "tiny-embed"), "rerank": (TEI, "tiny-rerank")}
-    files = sorted(os.listdir(creds))
-    assert files == ["admin_password", "app_api_key_Assistant", "dataset_api_key"]
-    assert mode_of(creds) == 0o700 and all(mode_of(os.path.join(creds, f)) == 0o600 for f in files)
-    ds_key = open(os.path.join(creds, "dataset_api_key")).read()
-    app_key = open(os.path.join(creds, "app_api_key_Assistant")).read()
+    # one file on the Dify host (here: this machine), 0600, beside the stack's secrets
+    stored = stored_credentials(creds)
+    assert mode_of(creds) == 0o600
+    assert sorted(stored) == ["admin_email", "admin_password", "app_api_keys", "dataset_api_key"]
+    ds_key, app_key = stored["dataset_api_key"], stored["app_api_keys"]["Assistant"]
+    assert ds_key.startswith("dataset-") and app_key.startswith("app-") and list(stored["app_api_keys"]) == ["Assistant"]
     datasets = client.service_request("GET", "/v1/datasets", ds_key, query={"page": 1, "limit": 100})["data"]
     (ds,) = datasets
     assert ds["name"] == "Documents" and ds["indexing_technique"] == "high_quality"
@@ -109,7 +110,7 @@ def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
     detail = client.request("GET", C + "/apps/%s" % app["id"])
     assert detail["model_config"]["model"]["name"] == "tiny-chat"
     assert [d["dataset"]["id"] for d in detail["model_config"]["dataset_configs"]["datasets"]["datasets"]] == [ds["id"]]
-    password = open(os.path.join(creds, "admin_password")).read()
+    password = stored["admin_password"]
     for secret in (password, ds_key, app_key, base64.b64encode(password.encode()).decode()):
         assert secret not in run.stdout
     assert real_dify.public_url + "/chat/" in run.stdout  # the web app URL is reported

@@ -14,12 +14,17 @@ import sys
 import pytest
 
 from ansible.module_utils.dify_client import DifyClient
-from conftest import ADMIN_EMAIL, ROOT
+from conftest import ADMIN_EMAIL, ROOT, stored_credentials
 
 DATASET = "Fixture repo"
+NOTES = "Notes"
+CLI = os.path.join(ROOT, "scripts", "dify-knowledge-sync")
 APP = "Repo assistant"
-BODY_LIMIT = 65536
+# 200 files of code and docs, about 0.15 MB: every chunk goes through the real embedding model on CPU
+# (all-MiniLM-L6-v2 in llama.cpp, ~1-2k tokens/s here), so the text volume sets this test's time
+BODY_LIMIT = 16384
 FILES = 200
+SIZE_MB = "0.15"
 MAKER = os.path.join(ROOT, "tests", "knowledge", "make_fixture_repo.py")
 SOURCE_URL = "https://git.example.test/robot/fixture.git"
 
@@ -32,8 +37,9 @@ KNOWLEDGE_PLAYBOOK = """- name: Knowledge bases from sources (integration test a
 
 
 def make_repo(dest, *extra):
-    subprocess.run([sys.executable, MAKER, dest, "--files", str(FILES), "--body-limit", str(BODY_LIMIT)]
-                   + list(extra), check=True, capture_output=True)
+    if "--edit" not in extra:
+        extra = ("--files", str(FILES), "--size-mb", SIZE_MB, "--body-limit", str(BODY_LIMIT)) + extra
+    subprocess.run([sys.executable, MAKER, dest] + list(extra), check=True, capture_output=True)
     with open(dest + ".manifest.json") as fh:
         return json.load(fh)
 
@@ -46,7 +52,9 @@ def kb(real_dify, run_bootstrap, bootstrap_vars, tmp_path_factory):
     run = run_bootstrap({
         "dify_bootstrap_datasets": defaults_ds + [
             {"name": DATASET, "description": "A generated source repository", "search_method": "semantic_search",
-             "reranking_model": "", "top_k": 4}],
+             "reranking_model": "", "top_k": 4},
+            {"name": NOTES, "description": "A folder synced by the CLI", "search_method": "semantic_search",
+             "reranking_model": ""}],
         "dify_bootstrap_apps": [
             {"name": "Assistant", "description": "Answers questions from the Documents knowledge base.",
              "pre_prompt": "Answer the user's question using the provided context. Say so when the context "
@@ -55,24 +63,25 @@ def kb(real_dify, run_bootstrap, bootstrap_vars, tmp_path_factory):
              "reranking_model": "", "top_k": 4, "pre_prompt": "Answer from the repository."}],
     })
     assert run.rc == 0, run.failures()
-    creds = bootstrap_vars["dify_bootstrap_credentials_dir"]
+    creds = bootstrap_vars["dify_bootstrap_credentials_file"]
     repo = str(tmp_path_factory.mktemp("fixture") / "repo")
     manifest = make_repo(repo, "--git")
-    password = open(os.path.join(creds, "admin_password")).read()
-    return {"repo": repo, "manifest": manifest, "creds": creds,
-            "ds_key": open(os.path.join(creds, "dataset_api_key")).read(),
-            "app_key": open(os.path.join(creds, "app_api_key_Repo_assistant")).read(),
-            "client": DifyClient(real_dify.url, admin_email=ADMIN_EMAIL, admin_password=password)}
+    stored = stored_credentials(creds)
+    return {"repo": repo, "manifest": manifest, "creds": creds, "checkouts": str(tmp_path_factory.mktemp("checkouts")),
+            "ds_key": stored["dataset_api_key"], "app_key": stored["app_api_keys"][APP],
+            "client": DifyClient(real_dify.url, admin_email=ADMIN_EMAIL, admin_password=stored["admin_password"])}
 
 
 def knowledge_vars(real_dify, kb, **over):
-    base = {"dataset": DATASET, "sources": [{"path": kb["repo"], "url": SOURCE_URL}],
+    # a git source: the role clones it (shallow) and the headers carry its URL and revision
+    base = {"dataset": DATASET, "sources": [{"git": "file://" + kb["repo"], "ref": "main", "url": SOURCE_URL}],
             "retrieval_query": "the fixture repository"}
     base.update(over)
     return {
         "dify_knowledge_run_on": "controller",
         "dify_knowledge_controller_url": real_dify.url,
-        "dify_knowledge_credentials_dir": kb["creds"],
+        "dify_knowledge_credentials_file": kb["creds"],
+        "dify_knowledge_checkout_dir": kb["checkouts"],
         "dify_knowledge_max_request_kb": BODY_LIMIT // 1024,
         "dify_knowledge_poll_interval": 2,
         "dify_knowledge_wait_timeout": 1200,
@@ -141,6 +150,8 @@ def test_first_sync_indexes_every_file(kb, sync, state):
     readme = [d for d in docs if d["name"] == "README.md"][0]
     m = meta(readme)
     assert m["source_path"] == "README.md" and m["source_url"] == SOURCE_URL and len(m["sync_sha256"]) == 64
+    head = subprocess.run(["git", "-C", kb["repo"], "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert m["source_revision"] == head
     state.update(ds=ds, ids={d["name"]: d["id"] for d in docs}, hashes={d["name"]: meta(d)["sync_sha256"] for d in docs})
 
 
@@ -213,3 +224,31 @@ def test_bad_input_fails_before_any_write(kb, sync, state, change, needle):
     assert re.search(r"dify_knowledge_bases|sources|dataset", msgs)
     after = {d["name"]: (d["id"], meta(d).get("sync_sha256")) for d in documents(kb, state["ds"])}
     assert after == before
+
+
+def test_cli_syncs_a_folder_with_progress(kb, real_dify, tmp_path):
+    """scripts/dify-knowledge-sync: the same sync for cron/CI, a folder source, a re-run with 0 uploads."""
+    notes = tmp_path / "notes"
+    (notes / "ops").mkdir(parents=True)
+    (notes / "howto.md").write_text("# How to restart the planner\n\nRun kfx_notes_restart and wait.\n")
+    (notes / "ops" / "backup.md").write_text("# Backups\n\nThe kfx_notes_backup job runs at 02:00.\n")
+    key = tmp_path / "key"
+    key.write_text(kb["ds_key"])
+
+    def cli(*extra):
+        return subprocess.run([sys.executable, CLI, "--url", real_dify.url, "--dataset", NOTES,
+                               "--dataset-key-file", str(key), "--source", str(notes), "--poll-interval", "1",
+                               "--query", "restart the planner", "--json"] + list(extra),
+                              capture_output=True, text=True, timeout=600)
+
+    first = cli()
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = json.loads(first.stdout)
+    assert out["counts"]["added"] == 2 and out["counts"]["failed"] == 0, out["counts"]
+    assert "indexing:" in first.stderr  # one progress line per poll when stderr is not a terminal
+    assert out["retrieval"]["records"] >= 1
+    again = cli()
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = json.loads(again.stdout)
+    assert (out["counts"]["added"], out["counts"]["updated"], out["counts"]["removed"]) == (0, 0, 0)
+    assert out["changed"] is False
