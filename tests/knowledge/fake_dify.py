@@ -247,8 +247,9 @@ class FakeDify(object):
         for key in ("name", "text"):
             if not isinstance(body.get(key), str):
                 raise bad("%s: Field required" % key)
-        if not ds["indexing_technique"] and not body.get("indexing_technique"):
-            raise bad("indexing_technique is required.")
+        if not body.get("indexing_technique"):
+            # as Dify 1.15.0 (measured on real Dify): KnowledgeConfig requires the field on every create
+            raise bad("1 validation error for KnowledgeConfig\nindexing_technique\n  Field required [type=missing]")
         rule = body.get("process_rule")
         self._check_rule(rule)
         if rule is None and ds["process_rule"] is None:

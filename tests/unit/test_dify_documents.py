@@ -74,8 +74,9 @@ def test_first_sync_exact_calls_and_bodies(dify, repo, run_module):
     calls = doc_calls(dify)
     assert calls[:3] == READS
     assert calls[3:7] == [("POST", "/v1/datasets/{ds}/metadata")] * 4
-    assert sorted(calls[7:11]) == [("POST", "/v1/datasets/{ds}/document/create-by-text")] * 4
-    assert calls[11:] == [("POST", "/v1/datasets/{ds}/documents/metadata")]
+    assert calls[7] == ("GET", "/v1/datasets/{ds}")  # its indexing technique: real Dify requires it on creates
+    assert sorted(calls[8:12]) == [("POST", "/v1/datasets/{ds}/document/create-by-text")] * 4
+    assert calls[12:] == [("POST", "/v1/datasets/{ds}/documents/metadata")]
     assert dify.fake.requests[0]["query"] == {"keyword": "Handbook", "page": "1", "limit": "100"}
     assert dify.fake.requests[2]["query"] == {"page": "1", "limit": "100"}
     assert all(r["auth"] == "Bearer " + KEY for r in dify.fake.requests)
@@ -87,7 +88,9 @@ def test_first_sync_exact_calls_and_bodies(dify, repo, run_module):
     assert app["text"] == ("File: src/app.py\nLanguage: Python\nSource: https://git.example.com/handbook at revision "
                            "r1\n\ndef main():\n    return 'kfx_app'\n")
     assert app["process_rule"] == k.process_rule({}) and app["doc_form"] == "text_model"
-    assert app["doc_language"] == "English" and "indexing_technique" not in app
+    # Dify 1.15.0's KnowledgeConfig requires indexing_technique (proven against real Dify in
+    # tests/integration/test_knowledge_sync.py): the knowledge base's own is sent
+    assert app["doc_language"] == "English" and app["indexing_technique"] == "high_quality"
     ops = bodies(dify, "POST", "/documents/metadata")[0]["operation_data"]
     assert len(ops) == 4 and all(op["partial_update"] is True for op in ops)
     by_doc = dict((op["document_id"], dict((m["name"], m["value"]) for m in op["metadata_list"])) for op in ops)
@@ -128,11 +131,12 @@ def test_edit_delete_rename_exact_changes(dify, repo, run_module):
     calls = doc_calls(dify, mark)
     app_id = before["src/app.py"]["id"]
     assert calls[:3] == READS
-    assert sorted(calls[3:5]) == sorted([("POST", "/v1/datasets/{ds}/documents/%s/update-by-text" % app_id),
+    assert calls[3] == ("GET", "/v1/datasets/{ds}")  # the indexing technique a create must carry
+    assert sorted(calls[4:6]) == sorted([("POST", "/v1/datasets/{ds}/documents/%s/update-by-text" % app_id),
                                  ("POST", "/v1/datasets/{ds}/document/create-by-text")])
-    assert sorted(calls[5:7]) == sorted([("DELETE", "/v1/datasets/{ds}/documents/%s" % before["docs/guide.md"]["id"]),
+    assert sorted(calls[6:8]) == sorted([("DELETE", "/v1/datasets/{ds}/documents/%s" % before["docs/guide.md"]["id"]),
                                          ("DELETE", "/v1/datasets/{ds}/documents/%s" % before["src/lib/util.cpp"]["id"])])
-    assert calls[7:] == [("POST", "/v1/datasets/{ds}/documents/metadata")]
+    assert calls[8:] == [("POST", "/v1/datasets/{ds}/documents/metadata")]
     after = dify.fake.by_name(dify.ds_id)
     assert after["src/app.py"]["id"] == app_id and "kfx_app v2" in after["src/app.py"]["text"]  # in place
     assert sorted(after) == ["README.md", "src/app.py", "src/lib/helpers.cpp"]
@@ -242,7 +246,8 @@ def test_indexing_errors_are_retried_in_place(dify, repo, run_module):
     mark = len(dify.fake.requests)
     res = run_module("dify_documents", args(dify, repo))
     assert res["updated"] == ["README.md"]
-    assert doc_calls(dify, mark)[3:] == [("POST", "/v1/datasets/{ds}/document/create-by-text"),
+    assert doc_calls(dify, mark)[3:] == [("GET", "/v1/datasets/{ds}"),
+                                         ("POST", "/v1/datasets/{ds}/document/create-by-text"),
                                          ("POST", "/v1/datasets/{ds}/documents/metadata")]
     assert dify.fake.by_name(dify.ds_id)["README.md"]["id"] == failed["id"]  # re-indexed, same document
     dify.fake.finish()
