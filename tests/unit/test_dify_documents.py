@@ -161,7 +161,8 @@ def test_check_mode_reports_without_any_write(dify, repo, run_module):
 
 def test_no_prune_keeps_foreign_documents(dify, repo, run_module):
     dify.fake.handle("POST", DS % dify.ds_id + "/document/create-by-text", {}, {
-        "name": "uploaded-by-hand.pdf", "text": "x", "process_rule": {"mode": "automatic"}})
+        "name": "uploaded-by-hand.pdf", "text": "x", "process_rule": {"mode": "automatic"},
+        "indexing_technique": "high_quality"})
     dify.fake.finish()
     res = run_module("dify_documents", args(dify, repo, prune=False))
     assert res["removed"] == [] and "uploaded-by-hand.pdf" in dify.fake.by_name(dify.ds_id)
