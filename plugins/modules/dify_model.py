@@ -16,7 +16,7 @@ description:
   - Secret fields come back obfuscated from Dify; they are compared through the same obfuscation. Fields the
     provider's schema declares as C(secret-input) are treated as secrets even when passed in O(credentials).
   - Before any write the credentials are checked against the provider's schema for the model type
-    (C(GET /console/api/workspaces/current/model-providers)): Dify silently drops fields its schema lacks and
+    (C(GET /console/api/workspaces/current/model-providers)); Dify silently drops fields its schema lacks and
     refuses to save without its required fields (even those with a default), so both fail here, naming them.
 extends_documentation_fragment: [dify]
 options:

@@ -30,7 +30,7 @@ options:
       - Wanted version. With O(package_path) it defaults to the version in the package's C(manifest.yaml).
       - An installed plugin of another version is moved to this one. From the marketplace Dify upgrades it in
         place (C(.../upgrade/marketplace)). Dify 1.15.0 has no in-place upgrade for an uploaded package, so
-        the module does what Dify's own web UI does: uninstall, then install the new package; Dify then
+        the module does what Dify's own web UI does -- uninstall, then install the new package; Dify then
         deletes the plugin's provider-level credentials (custom models keep theirs), which M(dify_model)
         registers again.
       - From the marketplace only its latest version can be installed; use O(package_path) to pin.
