@@ -498,3 +498,19 @@ def run_module(module, func):
     except DifyError as err:
         module.fail_json(msg=err.msg, status=err.status, code=err.code)
     module.exit_json(**result)
+
+
+def error_fields(data):
+    """(code, message) of a Dify error body, read as _error_from() reads it: {"code", "message", "status"}
+    (``result`` when there is no ``code``), fastopenapi's {"error": {"type", "message"}}, or any other
+    body (its first 300 characters). The message is a string, or None when there is none."""
+    code = message = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            code, message = err.get("type") or err.get("code"), err.get("message")
+        else:
+            code, message = data.get("code") or data.get("result"), data.get("message") or err
+    elif data:
+        message = str(data)[:300]
+    return code, ("%s" % (message,) if message else None)

@@ -2,15 +2,17 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Knowledge as code: Dify's service API for documents (the HTTP part of the sync).
 
-Built on ``DifyClient.raw()`` of the shared client, with its own retry policy (the shared client's
-``service_request`` retries every method on 5xx; a document create must not be repeated blindly):
+Built on ``DifyClient.raw()`` of the shared client, whose rule for what may be repeated it follows (its
+``IDEMPOTENT_METHODS``; a document create is never repeated blindly) and whose reading of Dify's error
+bodies it uses (``error_fields``). On top of that it waits out what Dify refused without processing:
 
 * 429, and Dify's knowledge rate limit (a 403 "...knowledge base request rate limit..." in
   wraps.py's cloud_edition_billing_rate_limit_check), and the metadata lock ("Another document
   metadata operation is running") are waited out with a bounded exponential back-off honouring
-  ``Retry-After``, for every method: such a request was not processed;
-* connection errors and 5xx are retried only for idempotent requests (GET, DELETE, the
-  metadata write, retrieval);
+  ``Retry-After`` (``backoff_max`` seconds per request), for every method: such a request was not
+  processed;
+* connection errors and 5xx are retried only for idempotent requests (GET, PUT, DELETE, and the
+  metadata write and retrieval, which create nothing);
 * "the document is busy" answers (400 ``document_indexing``; 400 ``Document is not available``
   from update-by-text) are not retried here: the sync defers that document and syncs it again
   once Dify has finished with it, so nothing is queued twice;
@@ -28,7 +30,7 @@ __metaclass__ = type
 import threading
 import time
 
-from ansible.module_utils.dify_client import CONSOLE, DifyClient, DifyError
+from ansible.module_utils.dify_client import CONSOLE, IDEMPOTENT_METHODS, DifyClient, DifyError, error_fields
 from ansible.module_utils.dify_knowledge import (
     FIELD_HASH, FIELD_PATH, FIELD_REVISION, FIELD_URL, METADATA_FIELDS, QUERY_MAX, TERMINAL,
     KnowledgeInputError, build_documents, doc_state, make_plan, request_envelope,
@@ -43,7 +45,6 @@ PAGE = 100                # GET .../documents caps limit at 100 (DocumentListQue
 METADATA_BATCH = 50       # documents per POST .../documents/metadata
 DIRECT_STATUS_MAX = 24    # watch lists this small are polled per batch, without listing the dataset
 DETAIL_MAX = 200          # per-document status requests per poll (segment counts)
-IDEMPOTENT = ("GET", "DELETE", "PUT", "HEAD")
 
 
 class KnowledgeApiError(Exception):
@@ -60,18 +61,6 @@ class KnowledgeApiError(Exception):
         self.msg = text
         self.method, self.path, self.status, self.code, self.message, self.busy = (
             method, path, status, code, message, busy)
-
-
-def error_fields(data):
-    """(code, message) from Dify's error bodies: {code, message, status} or {error: {type, message}}."""
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict):
-            return err.get("type") or err.get("code"), err.get("message")
-        return data.get("code"), data.get("message") or (err if isinstance(err, str) else None)
-    if data:
-        return None, str(data)[:300]
-    return None, None
 
 
 def is_rate_limited(status, code, message):
@@ -145,7 +134,7 @@ class ServiceApi(object):
     def call(self, method, path, body=None, query=None, idempotent=None):
         """One service API call; returns the parsed body ({} when empty) or raises KnowledgeApiError."""
         if idempotent is None:
-            idempotent = method in IDEMPOTENT
+            idempotent = method.upper() in IDEMPOTENT_METHODS
         attempt = waits = 0
         waited = 0.0
         while True:
