@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Options every dify_* module shares: how to reach and authenticate to Dify.
-
-Kept in step with dify_argument_spec() in plugins/module_utils/dify_client.py.
+"""Options every dify_* module shares: how to reach and authenticate to Dify (DOCUMENTATION, kept in
+step with dify_argument_spec() in plugins/module_utils/dify_client.py), and the attributes of the
+modules built on the shared resource pattern (ATTRIBUTES, plugins/module_utils/dify_resource.py).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -39,7 +39,12 @@ options:
     type: int
     default: 30
   retries:
-    description: Retries on connection errors, HTTP 429 and 5xx (with exponential backoff).
+    description:
+      - How often a failed request is repeated, with exponential backoff.
+      - Only requests that cannot create anything twice are repeated after a connection error or an HTTP 5xx
+        (and on HTTP 429) -- C(GET), C(PUT), C(DELETE), and C(POST)s that create nothing, such as the login.
+      - A C(POST) that creates something is never repeated blindly, only when it cannot have reached Dify
+        (HTTP 429, a refused connection) or when a lookup of what it would have created finds nothing.
     type: int
     default: 3
   retry_delay:
@@ -55,4 +60,17 @@ options:
       - The Dify version, when C(GET /health) does not reach the api through O(url).
       - Versions other than 1.x >= 1.9.2 are refused.
     type: str
+"""
+
+    # The modules on the shared resource pattern (plugins/module_utils/dify_resource.py); each module
+    # states its support under attributes.
+    ATTRIBUTES = r"""
+options: {}
+attributes:
+  check_mode:
+    description: Can run in check mode and then reads from Dify only, predicting C(changed) without any write.
+  diff_mode:
+    description:
+      - Returns C(diff) (C(before) and C(after) of what changes, or would change in check mode) when run with
+        C(--diff).
 """

@@ -15,7 +15,15 @@ description:
     O(reuse_existing)) the oldest existing key, else a new key (C(POST)). So repeated runs do not create keys.
   - O(rotate=true) creates a new key and deletes every other key of the resource.
   - state=absent deletes O(token), or every key of the resource when O(token) is not given.
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify, dify.attributes]
+attributes:
+  check_mode:
+    support: full
+    details:
+      - For an app not created yet (an earlier task of the same run creates it), check mode reports C(changed)
+        for O(state=present), without a diff.
+  diff_mode:
+    support: full
 options:
   kind:
     description: C(app) for an app's service API key, C(dataset) for the workspace's knowledge (dataset) API key.
@@ -45,7 +53,7 @@ options:
     choices: [present, absent]
     default: present
 notes:
-  - Check mode and diff are supported. Register the result in a task with C(no_log) set, it holds the key.
+  - Register the result in a task with C(no_log) set, it holds the key.
   - When O(token) is returned unchanged, Ansible masks it in the result (it is a no_log input); use the value you passed.
 author: Dify deployment project
 """
@@ -78,9 +86,10 @@ key_id:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import (
-    CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs, run_module,
-)
+from ansible.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
+from ansible.module_utils.dify_resource import DifyResource, apps_named, run_resource
+
+LIMIT = 10  # API keys per app, and dataset keys per workspace (Dify's limit)
 
 
 def resource_path(module, client):
@@ -89,8 +98,7 @@ def resource_path(module, client):
         return CONSOLE + "/datasets/api-keys", "datasets"
     app_id = p["app_id"]
     if not app_id:
-        data = client.request("GET", CONSOLE + "/apps", query={"page": 1, "limit": 100, "name": p["app_name"]})
-        matches = [a for a in data.get("data") or [] if a.get("name") == p["app_name"]]
+        matches = apps_named(client, p["app_name"])
         if len(matches) != 1:
             if not matches and module.check_mode:
                 return None, "app %r (not created yet)" % p["app_name"]
@@ -105,50 +113,67 @@ def _new_key(client, path, known):
     return fresh[0] if fresh else None
 
 
-def ensure(module, client):
-    p = module.params
-    path, label = resource_path(module, client)
-    result = dict(changed=False, token_source="none")
-    if path is None:  # check mode, app missing
-        result.update(changed=p["state"] == "present")
-        return result
-    keys = client.request("GET", path).get("data") or []
-    mine = [k for k in keys if p["token"] and k.get("token") == p["token"]]
-    if p["state"] == "absent":
-        doomed = mine if p["token"] else keys
-        if doomed:
-            result.update(changed=True, deleted=len(doomed),
-                          diff=dict(before={"keys": len(keys)}, after={"keys": len(keys) - len(doomed)}))
-            if not module.check_mode:
-                for key in doomed:
-                    client.request("DELETE", "%s/%s" % (path, key["id"]))
-        return result
-    if not p["rotate"]:
-        pick, source = None, None
+class ApiKey(DifyResource):
+    """The keys of an app (or the workspace's dataset keys). find: with state=present the key to return --
+    O(token) when Dify still has it, else (reuse_existing) the oldest, none with rotate; with
+    state=absent the keys to delete (O(token), or all). There is nothing to update: a key either is there
+    or a new one is created (rotate: and the others deleted)."""
+
+    def find(self):
+        p = self.params
+        self.path, self.label = resource_path(self.module, self.client)
+        self.result["token_source"] = "none"
+        if self.path is None:  # check mode, app missing
+            self.done(changed=p["state"] == "present")
+        self.keys = self.client.request("GET", self.path).get("data") or []
+        mine = [k for k in self.keys if p["token"] and k.get("token") == p["token"]]
+        if p["state"] == "absent":
+            return (mine if p["token"] else self.keys) or None
+        if p["rotate"]:
+            return None
         if mine:
-            pick, source = mine[0], "input"
-        elif p["reuse_existing"] and keys:
-            pick, source = sorted(keys, key=lambda k: k.get("created_at") or 0)[0], "existing"
-        if pick:
-            result.update(token=pick["token"], key_id=pick["id"], token_source=source)
-            return result
-    result.update(changed=True, token_source="created",
-                  diff=dict(before={"keys": len(keys)}, after={"keys": 1 if p["rotate"] else len(keys) + 1}))
-    if module.check_mode:
-        return result
-    if len(keys) >= 10 and not p["rotate"]:
-        raise DifyError("%s already has 10 API keys (Dify's limit); delete some or use rotate=true" % label)
-    if p["rotate"] and len(keys) >= 10:  # make room first
-        client.request("DELETE", "%s/%s" % (path, keys[0]["id"]))
-        keys = keys[1:]
-    known = set(k["id"] for k in keys)
-    new = client.request("POST", path, landed=lambda: _new_key(client, path, known))
-    if p["rotate"]:
-        for key in keys:
-            client.request("DELETE", "%s/%s" % (path, key["id"]))
-        result["deleted"] = len(keys)
-    result.update(token=new["token"], key_id=new["id"])
-    return result
+            self.result["token_source"] = "input"
+            return mine[0]
+        if p["reuse_existing"] and self.keys:
+            self.result["token_source"] = "existing"
+            return sorted(self.keys, key=lambda k: k.get("created_at") or 0)[0]
+        return None
+
+    def compare(self, have, want):
+        return []
+
+    def diff_create(self, want):
+        n = len(self.keys)
+        self.result["token_source"] = "created"
+        return {"keys": n}, {"keys": 1 if self.params["rotate"] else n + 1}
+
+    def diff_delete(self, doomed):
+        self.result["deleted"] = len(doomed)
+        return {"keys": len(self.keys)}, {"keys": len(self.keys) - len(doomed)}
+
+    def create(self, want):
+        p, client, path, keys = self.params, self.client, self.path, self.keys
+        if len(keys) >= LIMIT and not p["rotate"]:
+            raise DifyError("%s already has 10 API keys (Dify's limit); delete some or use rotate=true" % self.label)
+        if p["rotate"] and len(keys) >= LIMIT:  # make room first
+            client.request("DELETE", "%s/%s" % (path, keys[0]["id"]))
+            keys = keys[1:]
+        known = set(k["id"] for k in keys)
+        new = client.request("POST", path, landed=lambda: _new_key(client, path, known))
+        if p["rotate"]:
+            for key in keys:
+                client.request("DELETE", "%s/%s" % (path, key["id"]))
+            self.result["deleted"] = len(keys)
+        return new
+
+    def delete(self, doomed):
+        for key in doomed:
+            self.client.request("DELETE", "%s/%s" % (self.path, key["id"]))
+
+    def returns(self, key):
+        if not key or self.params["state"] == "absent":
+            return {}
+        return {"token": key["token"], "key_id": key["id"]}
 
 
 def main():
@@ -168,7 +193,7 @@ def main():
     p = module.params
     if p["kind"] == "app" and not (p["app_id"] or p["app_name"]):
         module.fail_json(msg="app_id or app_name: one is required with kind=app")
-    run_module(module, lambda client: ensure(module, client))
+    run_resource(module, ApiKey)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,12 @@ description:
     configuration -- model, prompt, opening statement, attached datasets and their retrieval settings --
     with C(POST /console/api/apps/{id}/model-config) when they differ; deletes it with state=absent.
   - Returns the web app URL (C(site.app_base_url)/chat/C(site.access_token)).
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify, dify.attributes]
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   name:
     description: App name.
@@ -88,8 +93,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-notes:
-  - Check mode and diff are supported.
 author: Dify deployment project
 """
 
@@ -122,19 +125,14 @@ api_base_url:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import (
-    CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs, run_module,
-)
+from ansible.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
+from ansible.module_utils.dify_resource import DifyResource, apps_named, changed_keys, run_resource
+
+INFO = ("description", "icon", "icon_background")  # set with PUT /apps/{id}; the rest with model-config
 
 
 def find(client, name):
-    matches, page = [], 1
-    while True:
-        data = client.request("GET", CONSOLE + "/apps", query={"page": page, "limit": 100, "name": name})
-        matches += [a for a in data.get("data") or [] if a.get("name") == name]
-        if not data.get("has_more"):
-            break
-        page += 1
+    matches = apps_named(client, name)
     if len(matches) > 1:
         raise DifyError("%d apps are named %r; rename or delete the extra ones (ids: %s)" % (
             len(matches), name, ", ".join(a["id"] for a in matches)))
@@ -213,7 +211,7 @@ def wanted_summary(p):
 
 
 def info_summary(app):
-    return dict((k, app.get(k)) for k in ("description", "icon", "icon_background"))
+    return dict((k, app.get(k)) for k in INFO)
 
 
 def urls(p, app):
@@ -225,53 +223,72 @@ def urls(p, app):
             "api_base_url": app.get("api_base_url") or p["url"].rstrip("/") + "/v1"}
 
 
-def ensure(module, client):
-    p = module.params
-    found = find(client, p["name"])
-    result = dict(changed=False, app_id=found["id"] if found else "")
-    if p["state"] == "absent":
-        if found:
-            result.update(changed=True, diff=dict(before={"name": p["name"]}, after={}))
-            if not module.check_mode:
-                client.request("DELETE", CONSOLE + "/apps/%s" % found["id"])
-                result["app_id"] = ""
-        return result
-    want_info = {"description": p["description"], "icon": p["icon"], "icon_background": p["icon_background"]}
-    want_cfg = wanted_summary(p)
-    if not found:
-        result.update(changed=True, diff=dict(before={}, after=dict(want_info, name=p["name"], **want_cfg)))
-        if module.check_mode:
-            return result
+class App(DifyResource):
+    """find: the app named exactly ``name``; details: GET /apps/{id}; compare: name-level fields
+    (PUT /apps/{id}) and the model configuration (POST /apps/{id}/model-config), each sent only when
+    one of its fields differs."""
+
+    def find(self):
+        return find(self.client, self.params["name"])
+
+    def details(self, found):
+        app = self.client.request("GET", CONSOLE + "/apps/%s" % found["id"])
+        if app.get("mode") != self.params["mode"]:
+            raise DifyError("app %r is a %s app, not %s; Dify cannot change an app's mode (delete it first)" % (
+                self.params["name"], app.get("mode"), self.params["mode"]))
+        return app
+
+    def info(self):
+        p = self.params
+        return {"description": p["description"], "icon": p["icon"], "icon_background": p["icon_background"]}
+
+    def wanted(self):
+        return dict(self.info(), name=self.params["name"], **wanted_summary(self.params))
+
+    def view(self, app):
+        return dict(info_summary(app), name=app.get("name"), **config_summary(app.get("model_config")))
+
+    def compare(self, have, want):
+        return [k for k in changed_keys(have, want) if k != "name"]  # the name is how it was found
+
+    def diff_update(self, have, want, changes):
+        keys = []  # the whole part (name-level fields, model configuration) that differs
+        if any(k in INFO for k in changes):
+            keys += INFO
+        if any(k not in INFO for k in changes):
+            keys += [k for k in want if k not in INFO and k != "name"]
+        return dict((k, have.get(k)) for k in keys), dict((k, want[k]) for k in keys)
+
+    def diff_delete(self, found):
+        return {"name": self.params["name"]}, {}
+
+    def create(self, want):
+        p, client = self.params, self.client
         app = client.request("POST", CONSOLE + "/apps", body=dict(
-            want_info, name=p["name"], mode=p["mode"], icon_type="emoji"),
+            self.info(), name=p["name"], mode=p["mode"], icon_type="emoji"),
             landed=lambda: find(client, p["name"]))
         # setting the whole model config twice gives the same config: safe to repeat
         client.request("POST", CONSOLE + "/apps/%s/model-config" % app["id"], body=model_config(p), safe=True)
-        app = client.request("GET", CONSOLE + "/apps/%s" % app["id"])
-        result["app_id"] = app["id"]
-        result.update(urls(p, app))
-        return result
-    app = client.request("GET", CONSOLE + "/apps/%s" % found["id"])
-    if app.get("mode") != p["mode"]:
-        raise DifyError("app %r is a %s app, not %s; Dify cannot change an app's mode (delete it first)" % (
-            p["name"], app.get("mode"), p["mode"]))
-    have_info, have_cfg = info_summary(app), config_summary(app.get("model_config"))
-    before, after = {}, {}
-    if have_info != want_info:
-        before.update(have_info)
-        after.update(want_info)
-        if not module.check_mode:
+        return client.request("GET", CONSOLE + "/apps/%s" % app["id"])
+
+    def update(self, app, want, changes):
+        p, client = self.params, self.client
+        if any(k in INFO for k in changes):
             client.request("PUT", CONSOLE + "/apps/%s" % app["id"], body=dict(
-                want_info, name=p["name"], icon_type="emoji"))
-    if have_cfg != want_cfg:
-        before.update(have_cfg)
-        after.update(want_cfg)
-        if not module.check_mode:
+                self.info(), name=p["name"], icon_type="emoji"))
+        if any(k not in INFO for k in changes):
             client.request("POST", CONSOLE + "/apps/%s/model-config" % app["id"], body=model_config(p), safe=True)
-    if after:
-        result.update(changed=True, diff=dict(before=before, after=after))
-    result.update(urls(p, app))
-    return result
+        return None
+
+    def delete(self, found):
+        self.client.request("DELETE", CONSOLE + "/apps/%s" % found["id"])
+
+    def returns(self, app):
+        if not app:
+            return {"app_id": ""}
+        if self.params["state"] == "absent":  # check mode: the app still exists
+            return {"app_id": app["id"]}
+        return dict(urls(self.params, app), app_id=app["id"])
 
 
 def main():
@@ -308,7 +325,7 @@ def main():
     if not 1 <= p["top_k"] <= 100:
         module.fail_json(msg="top_k: must be between 1 and 100")
     p["dataset_ids"] = sorted(set(p["dataset_ids"]))
-    run_module(module, lambda client: ensure(module, client))
+    run_resource(module, App)
 
 
 if __name__ == "__main__":

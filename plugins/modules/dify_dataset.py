@@ -16,7 +16,15 @@ description:
     or deletes it (C(DELETE /v1/datasets/{id})).
   - Without O(dataset_api_key) the module logs in to the console and uses the workspace's first dataset key,
     creating one when there is none.
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify, dify.attributes]
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Without O(dataset_api_key) and without a dataset key in the workspace, check mode mints none and
+        reports the dataset as to be created.
+  diff_mode:
+    support: full
 options:
   name:
     description: Dataset name, unique in the workspace, 1 to 40 characters.
@@ -63,8 +71,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-notes:
-  - Check mode and diff are supported.
 author: Dify deployment project
 """
 
@@ -94,9 +100,8 @@ id:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import (
-    CONSOLE, dify_argument_spec, dify_module_kwargs, run_module,
-)
+from ansible.module_utils.dify_client import CONSOLE, dify_argument_spec, dify_module_kwargs
+from ansible.module_utils.dify_resource import DifyResource, iter_pages, run_resource
 
 NAME_MAX = 40
 
@@ -119,16 +124,12 @@ def _first_key(client):
 
 
 def find(client, key, name):
-    page = 1
-    while True:
+    def fetch(page):
         data = client.service_request("GET", "/v1/datasets", key,
                                       query={"keyword": name, "page": page, "limit": 100})
-        for item in data.get("data") or []:
-            if item.get("name") == name:
-                return item
-        if not data.get("has_more"):
-            return None
-        page += 1
+        return data.get("data") or [], bool(data.get("has_more"))
+
+    return next((item for item in iter_pages(fetch) if item.get("name") == name), None)
 
 
 def wanted_retrieval(p):
@@ -190,33 +191,41 @@ def payload(p):
     return body
 
 
-def ensure(module, client):
-    p = module.params
-    key, key_created = dataset_key(module, client)
-    result = dict(changed=key_created, dataset={}, id="", dataset_api_key_created=key_created)
-    found = find(client, key, p["name"]) if key else None
-    if p["state"] == "absent":
-        if found:
-            result.update(changed=True, diff=dict(before=summary(found), after={}))
-            if not module.check_mode:
-                client.service_request("DELETE", "/v1/datasets/%s" % found["id"], key)
-        return result
-    want = wanted_summary(p)
-    if not found:
-        result.update(changed=True, diff=dict(before={}, after=want))
-        if not module.check_mode:
-            created = client.service_request("POST", "/v1/datasets", key, body=payload(p),
-                                             landed=lambda: find(client, key, p["name"]))
-            result.update(dataset=created, id=created.get("id", ""))
-        return result
-    have = summary(found)
-    result.update(dataset=found, id=found["id"])
-    if have != want:
-        result.update(changed=True, diff=dict(before=have, after=want))
-        if not module.check_mode:
-            result["dataset"] = client.service_request("PATCH", "/v1/datasets/%s" % found["id"], key,
-                                                       body=payload(p))
-    return result
+class Dataset(DifyResource):
+    """Through the service API with a dataset key. find: the dataset named exactly ``name``
+    (after finding or minting the key); compare: summary() against the options; create: POST;
+    update: PATCH; delete: DELETE."""
+
+    def find(self):
+        p = self.params
+        self.key, key_created = dataset_key(self.module, self.client)
+        self.result.update(dataset={}, id="", dataset_api_key_created=key_created)
+        if key_created:
+            self.change()  # a key was written on the way
+        return find(self.client, self.key, p["name"]) if self.key else None
+
+    def wanted(self):
+        return wanted_summary(self.params)
+
+    def view(self, found):
+        return summary(found)
+
+    def create(self, want):
+        p = self.params
+        return self.client.service_request("POST", "/v1/datasets", self.key, body=payload(p),
+                                           landed=lambda: find(self.client, self.key, p["name"]))
+
+    def update(self, found, want, changes):
+        return self.client.service_request("PATCH", "/v1/datasets/%s" % found["id"], self.key,
+                                           body=payload(self.params))
+
+    def delete(self, found):
+        self.client.service_request("DELETE", "/v1/datasets/%s" % found["id"], self.key)
+
+    def returns(self, dataset):
+        if not dataset or self.params["state"] == "absent":
+            return {}
+        return {"dataset": dataset, "id": (self.found or dataset).get("id", "")}
 
 
 def main():
@@ -250,7 +259,7 @@ def main():
         module.fail_json(msg="top_k: must be between 1 and 100")
     if p["score_threshold"] is not None and not 0 <= p["score_threshold"] <= 1:
         module.fail_json(msg="score_threshold: must be between 0 and 1")
-    run_module(module, lambda client: ensure(module, client))
+    run_resource(module, Dataset)
 
 
 if __name__ == "__main__":

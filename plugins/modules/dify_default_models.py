@@ -12,7 +12,12 @@ short_description: Set the workspace's default models in Dify
 description:
   - Reads C(GET /console/api/workspaces/current/default-model?model_type=...) for every listed type and sets
     the ones that differ with C(POST /console/api/workspaces/current/default-model).
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify, dify.attributes]
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 options:
   models:
     description: Default model per model type.
@@ -33,8 +38,6 @@ options:
         description: Model name as registered in Dify.
         type: str
         required: true
-notes:
-  - Check mode and diff are supported.
 author: Dify deployment project
 """
 
@@ -57,33 +60,39 @@ defaults:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import (
-    CONSOLE, MODEL_TYPES, dify_argument_spec, dify_module_kwargs, run_module,
-)
+from ansible.module_utils.dify_client import CONSOLE, MODEL_TYPES, dify_argument_spec, dify_module_kwargs
+from ansible.module_utils.dify_resource import DifyResource, run_resource
 
 PATH = CONSOLE + "/workspaces/current/default-model"
 
 
-def ensure(module, client):
-    before, after, todo = {}, {}, []
-    for item in module.params["models"]:
-        data = client.request("GET", PATH, query={"model_type": item["model_type"]}).get("data") or {}
-        provider = data.get("provider")
-        if isinstance(provider, dict):
-            provider = provider.get("provider")
-        current = "%s/%s" % (provider, data.get("model")) if data else None
-        wanted = "%s/%s" % (item["provider"], item["model"])
-        before[item["model_type"]] = current
-        after[item["model_type"]] = wanted
-        if current != wanted:
-            todo.append({"model_type": item["model_type"], "provider": item["provider"], "model": item["model"]})
-    result = dict(changed=bool(todo), defaults=after if todo and not module.check_mode else before)
-    if todo:
-        result["diff"] = dict(before=before, after=after)
-        if not module.check_mode:
-            # setting defaults is idempotent: safe to repeat
-            client.request("POST", PATH, body={"model_settings": todo}, safe=True)
-    return result
+class DefaultModels(DifyResource):
+    """A workspace setting, always there: find reads the default of every listed type
+    (model_type -> "provider/model", None when unset); update sets the ones that differ in one POST.
+    Nothing is created or deleted."""
+
+    def find(self):
+        current = {}
+        for item in self.params["models"]:
+            data = self.client.request("GET", PATH, query={"model_type": item["model_type"]}).get("data") or {}
+            provider = data.get("provider")
+            if isinstance(provider, dict):
+                provider = provider.get("provider")
+            current[item["model_type"]] = "%s/%s" % (provider, data.get("model")) if data else None
+        return current
+
+    def wanted(self):
+        return dict((m["model_type"], "%s/%s" % (m["provider"], m["model"])) for m in self.params["models"])
+
+    def update(self, current, want, changes):
+        todo = [{"model_type": m["model_type"], "provider": m["provider"], "model": m["model"]}
+                for m in self.params["models"] if m["model_type"] in changes]
+        # setting defaults is idempotent: safe to repeat
+        self.client.request("POST", PATH, body={"model_settings": todo}, safe=True)
+        return want
+
+    def returns(self, defaults):
+        return {"defaults": defaults}
 
 
 def main():
@@ -97,7 +106,7 @@ def main():
     types = [m["model_type"] for m in module.params["models"]]
     if len(types) != len(set(types)):
         module.fail_json(msg="models: each model_type may appear once, got %s" % ", ".join(types))
-    run_module(module, lambda client: ensure(module, client))
+    run_resource(module, DefaultModels)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,15 @@ description:
   - Before any write the credentials are checked against the provider's schema for the model type
     (C(GET /console/api/workspaces/current/model-providers)); Dify silently drops fields its schema lacks and
     refuses to save without its required fields (even those with a default), so both fail here, naming them.
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify, dify.attributes]
+attributes:
+  check_mode:
+    support: full
+    details:
+      - When the provider's plugin is not installed yet (an earlier task of the same run installs it), check mode
+        reports C(changed) without a diff.
+  diff_mode:
+    support: full
 options:
   provider:
     description: Full provider id, e.g. V(langgenius/openai_api_compatible/openai_api_compatible).
@@ -52,7 +60,7 @@ options:
     choices: [present, absent]
     default: present
 notes:
-  - Check mode and diff are supported. The plugin of the provider must be installed (M(dify_plugin)).
+  - The plugin of the provider must be installed (M(dify_plugin)).
 author: Dify deployment project
 """
 
@@ -81,9 +89,9 @@ credential_id:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.dify_client import (
-    CONSOLE, MODEL_TYPES, DifyError, dify_argument_spec, dify_module_kwargs, provider_path, run_module,
-    secret_matches,
+    CONSOLE, MODEL_TYPES, DifyError, dify_argument_spec, dify_module_kwargs, provider_path, secret_matches,
 )
+from ansible.module_utils.dify_resource import DifyResource, run_resource
 
 
 def masked(creds, secret_keys):
@@ -148,62 +156,81 @@ def check_against_schema(p, fields, desired):
             p["model_type"], p["model"], p["provider"], " and ".join(problems), ", ".join(sorted(known))))
 
 
-def ensure(module, client):
-    p = module.params
-    p["credentials"] = dict((k, as_form_value(v)) for k, v in p["credentials"].items() if v is not None)
-    p["secret_credentials"] = dict((k, as_form_value(v)) for k, v in p["secret_credentials"].items()
-                                   if v is not None)
-    path = CONSOLE + "/workspaces/current/model-providers/%s/models" % provider_path(p["provider"])
-    ident = {"model": p["model"], "model_type": p["model_type"]}
-    secret_keys = set(p["secret_credentials"])
-    if p["state"] == "present":
-        fields = credential_schema(client, p["provider"], p["model_type"])
-        if fields is None:
-            if module.check_mode:  # its plugin would be installed by an earlier task of the same run
-                return dict(changed=True, credential_id="", msg="provider %s is not installed yet" % p["provider"])
-            raise DifyError("provider %s is not installed in this workspace (install its plugin with dify_plugin "
-                            "first)" % p["provider"])
-        desired_keys = dict(p["credentials"], **p["secret_credentials"])
-        check_against_schema(p, fields, desired_keys)
-        secret_keys |= set(f["variable"] for f in fields if f.get("type") == "secret-input")
-    current = client.request("GET", path + "/credentials", query=ident)
-    cred_id = current.get("current_credential_id")
-    have = current.get("credentials") or {}
-    desired = dict(p["credentials"])
-    desired.update(p["secret_credentials"])
-    result = dict(changed=False, credential_id=cred_id or "")
-    if p["state"] == "absent":
-        if cred_id:
-            result.update(changed=True, diff=dict(before=dict(ident, registered=True),
-                                                  after=dict(ident, registered=False)))
-            if not module.check_mode:
-                client.request("DELETE", path, body=ident)
-                result["credential_id"] = ""
-        return result
-    body = dict(ident, credentials=desired)
-    if p["credential_name"]:
-        body["name"] = p["credential_name"]
-    if not cred_id:
-        result.update(changed=True, diff=dict(before=dict(ident, registered=False),
-                                              after=dict(ident, registered=True,
-                                                         credentials=masked(desired, secret_keys))))
-        if not module.check_mode:
-            client.request("POST", path + "/credentials", body=body, landed=lambda: (
-                client.request("GET", path + "/credentials", query=ident) or {}).get("current_credential_id"))
-            after = client.request("GET", path + "/credentials", query=ident)
-            result["credential_id"] = after.get("current_credential_id") or ""
-        return result
-    changed_keys = differs(have, desired, secret_keys)
-    if p["credential_name"] and current.get("current_credential_name") != p["credential_name"]:
-        changed_keys.append("credential_name")
-    if changed_keys:
-        result.update(changed=True, changed_fields=changed_keys,
-                      diff=dict(before=dict(ident, credentials=masked(have, secret_keys)),
-                                after=dict(ident, credentials=masked(desired, secret_keys))))
-        if not module.check_mode:
-            body["credential_id"] = cred_id
-            client.request("PUT", path + "/credentials", body=body)
-    return result
+class Model(DifyResource):
+    """The model's credential. find: (state=present) the provider's credential schema, checked against
+    the options, then the current credential (GET .../models/credentials); compare: field by field,
+    secrets through Dify's obfuscation; create: POST; update: PUT; delete: DELETE .../models."""
+
+    def find(self):
+        p = self.params
+        p["credentials"] = dict((k, as_form_value(v)) for k, v in p["credentials"].items() if v is not None)
+        p["secret_credentials"] = dict((k, as_form_value(v)) for k, v in p["secret_credentials"].items()
+                                       if v is not None)
+        self.path = CONSOLE + "/workspaces/current/model-providers/%s/models" % provider_path(p["provider"])
+        self.ident = {"model": p["model"], "model_type": p["model_type"]}
+        self.secret_keys = set(p["secret_credentials"])
+        if p["state"] == "present":
+            fields = credential_schema(self.client, p["provider"], p["model_type"])
+            if fields is None:
+                if self.check_mode:  # its plugin would be installed by an earlier task of the same run
+                    self.done(changed=True, credential_id="", msg="provider %s is not installed yet" % p["provider"])
+                raise DifyError("provider %s is not installed in this workspace (install its plugin with "
+                                "dify_plugin first)" % p["provider"])
+            check_against_schema(p, fields, dict(p["credentials"], **p["secret_credentials"]))
+            self.secret_keys |= set(f["variable"] for f in fields if f.get("type") == "secret-input")
+        current = self.client.request("GET", self.path + "/credentials", query=self.ident)
+        self.result["credential_id"] = current.get("current_credential_id") or ""
+        return current if current.get("current_credential_id") else None
+
+    def wanted(self):
+        return dict(self.params["credentials"], **self.params["secret_credentials"])
+
+    def view(self, current):
+        return current.get("credentials") or {}
+
+    def compare(self, have, want):
+        changes = differs(have, want, self.secret_keys)
+        name = self.params["credential_name"]
+        if name and self.found.get("current_credential_name") != name:
+            changes.append("credential_name")
+        if changes:
+            self.result["changed_fields"] = changes
+        return changes
+
+    def diff_create(self, want):
+        return (dict(self.ident, registered=False),
+                dict(self.ident, registered=True, credentials=masked(want, self.secret_keys)))
+
+    def diff_update(self, have, want, changes):
+        return (dict(self.ident, credentials=masked(have, self.secret_keys)),
+                dict(self.ident, credentials=masked(want, self.secret_keys)))
+
+    def diff_delete(self, current):
+        return dict(self.ident, registered=True), dict(self.ident, registered=False)
+
+    def body(self, want):
+        body = dict(self.ident, credentials=want)
+        if self.params["credential_name"]:
+            body["name"] = self.params["credential_name"]
+        return body
+
+    def create(self, want):
+        client, path, ident = self.client, self.path, self.ident
+        client.request("POST", path + "/credentials", body=self.body(want), landed=lambda: (
+            client.request("GET", path + "/credentials", query=ident) or {}).get("current_credential_id"))
+        return client.request("GET", path + "/credentials", query=ident)
+
+    def update(self, current, want, changes):
+        body = self.body(want)
+        body["credential_id"] = current["current_credential_id"]
+        self.client.request("PUT", self.path + "/credentials", body=body)
+        return None
+
+    def delete(self, current):
+        self.client.request("DELETE", self.path, body=self.ident)
+
+    def returns(self, current):
+        return {"credential_id": (current or {}).get("current_credential_id") or ""}
 
 
 def main():
@@ -229,7 +256,7 @@ def main():
     overlap = set(p["credentials"]) & set(p["secret_credentials"])
     if overlap:
         module.fail_json(msg="credentials and secret_credentials both set %s" % ", ".join(sorted(overlap)))
-    run_module(module, lambda client: ensure(module, client))
+    run_resource(module, Model)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,14 @@ description:
   - Installs the marketplace's latest version (C(POST .../list/latest-versions) then C(.../install/marketplace)),
     or, with O(package_path), uploads a C(.difypkg) from the managed host (C(.../upload/pkg), C(.../install/pkg)).
   - Polls the install task (pending, running, success or failed) until it ends or O(wait_timeout) passes.
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify, dify.attributes]
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Check mode reads O(package_path) on the managed host but uploads nothing.
+  diff_mode:
+    support: full
 options:
   plugin_id:
     description: Plugin id, C(author/name), e.g. V(langgenius/openai_api_compatible).
@@ -46,8 +53,6 @@ options:
     description: Seconds between two polls of the install task.
     type: float
     default: 2.0
-notes:
-  - Check mode and diff are supported.
 author: Dify deployment project
 """
 
@@ -85,24 +90,19 @@ import time
 import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import (
-    CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs, run_module,
-)
+from ansible.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
+from ansible.module_utils.dify_resource import DifyResource, iter_pages, run_resource
 
 PLUGIN = CONSOLE + "/workspaces/current/plugin"
 
 
 def find_plugin(client, plugin_id):
-    page = 1
-    while True:
+    def fetch(page):
         data = client.request("GET", PLUGIN + "/list", query={"page": page, "page_size": 256})
         plugins = data.get("plugins") or []
-        for item in plugins:
-            if item.get("plugin_id") == plugin_id:
-                return item
-        if len(plugins) < 256 or page * 256 >= int(data.get("total") or 0):
-            return None
-        page += 1
+        return plugins, not (len(plugins) < 256 or page * 256 >= int(data.get("total") or 0))
+
+    return next((item for item in iter_pages(fetch) if item.get("plugin_id") == plugin_id), None)
 
 
 def wait_task(module, client, task_id):
@@ -216,41 +216,61 @@ def wanted_version(module):
     return p["version"]
 
 
-def ensure(module, client):
-    p = module.params
-    want = wanted_version(module)
-    found = find_plugin(client, p["plugin_id"])
-    before = {"plugin_id": p["plugin_id"], "installed": bool(found), "version": (found or {}).get("version")}
-    result = dict(changed=False, plugin=found or {}, task_id="")
-    if p["state"] == "absent":
-        if found:
-            result["changed"] = True
-            result["diff"] = dict(before=before, after={"plugin_id": p["plugin_id"], "installed": False})
-            if not module.check_mode:
-                client.request("POST", PLUGIN + "/uninstall",
-                               body={"plugin_installation_id": found["installation_id"]})
-                result["plugin"] = {}
-        return result
-    if found and (not want or found.get("version") == want):
-        return result
-    result["changed"] = True
-    result["diff"] = dict(before=before, after={"plugin_id": p["plugin_id"], "installed": True,
-                                                "version": want or "latest"})
-    if found:
-        result["version_change"] = "%s -> %s" % (found.get("version"), want or "latest")
-    if module.check_mode:
-        return result
-    if found:
-        result["task_id"], result["method"] = change_version(module, client, found)
-    else:
-        result["task_id"], result["method"] = install(module, client), "install"
-    result["plugin"] = find_plugin(client, p["plugin_id"]) or {}
-    if not result["plugin"]:
-        raise DifyError("plugin %s was installed but does not show in the plugin list" % p["plugin_id"])
-    if want and result["plugin"].get("version") != want:
-        raise DifyError("plugin %s shows version %s after the install, not %s" % (
-            p["plugin_id"], result["plugin"].get("version"), want))
-    return result
+class Plugin(DifyResource):
+    """find: the plugin in the workspace's plugin list; compare: its version (only when one is wanted);
+    create: install (marketplace or package) and wait for the install task; update: move to the wanted
+    version (change_version); delete: uninstall. After an install the plugin is listed again and must
+    show the wanted version."""
+
+    def find(self):
+        self.want_version = wanted_version(self.module)  # reads the package: fails before any call
+        found = find_plugin(self.client, self.params["plugin_id"])
+        self.result.update(plugin=found or {}, task_id="")
+        return found
+
+    def view(self, found):
+        return {"plugin_id": self.params["plugin_id"], "installed": True, "version": found.get("version")}
+
+    def absent_view(self):
+        return {"plugin_id": self.params["plugin_id"], "installed": False, "version": None}
+
+    def wanted(self):
+        return {"plugin_id": self.params["plugin_id"], "installed": True, "version": self.want_version or "latest"}
+
+    def compare(self, have, want):
+        # without a wanted version any installed version will do
+        return ["version"] if self.want_version and have["version"] != self.want_version else []
+
+    def diff_update(self, have, want, changes):
+        self.result["version_change"] = "%s -> %s" % (have["version"], want["version"])
+        return have, want
+
+    def diff_delete(self, found):
+        return self.view(found), {"plugin_id": self.params["plugin_id"], "installed": False}
+
+    def create(self, want):
+        self.result["task_id"], self.result["method"] = install(self.module, self.client), "install"
+        return self.installed()
+
+    def update(self, found, want, changes):
+        self.result["task_id"], self.result["method"] = change_version(self.module, self.client, found)
+        return self.installed()
+
+    def installed(self):
+        p = self.params
+        plugin = find_plugin(self.client, p["plugin_id"])
+        if not plugin:
+            raise DifyError("plugin %s was installed but does not show in the plugin list" % p["plugin_id"])
+        if self.want_version and plugin.get("version") != self.want_version:
+            raise DifyError("plugin %s shows version %s after the install, not %s" % (
+                p["plugin_id"], plugin.get("version"), self.want_version))
+        return plugin
+
+    def delete(self, found):
+        self.client.request("POST", PLUGIN + "/uninstall", body={"plugin_installation_id": found["installation_id"]})
+
+    def returns(self, plugin):
+        return {"plugin": plugin or {}}
 
 
 def main():
@@ -269,7 +289,7 @@ def main():
     pkg = module.params["package_path"]
     if pkg and module.params["state"] == "present" and not os.path.isfile(pkg):
         module.fail_json(msg="package_path: %s is not a file" % pkg)
-    run_module(module, lambda client: ensure(module, client))
+    run_resource(module, Plugin)
 
 
 if __name__ == "__main__":

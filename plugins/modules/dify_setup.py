@@ -16,7 +16,14 @@ description:
     is not given.
   - Reports C(changed=false) when Dify is already set up, and then (by default) proves the credentials by logging in.
   - Inputs are validated before any HTTP call.
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify, dify.attributes]
+attributes:
+  check_mode:
+    support: full
+    details:
+      - O(verify_login) is skipped in check mode.
+  diff_mode:
+    support: full
 options:
   admin_name:
     description: Display name of the admin (1 to 30 characters).
@@ -34,7 +41,6 @@ options:
     type: bool
     default: true
 notes:
-  - Check mode and diff are supported.
   - O(admin_email) and O(admin_password) are required; the password needs 8 or more characters with a letter and a digit.
 author: Dify deployment project
 """
@@ -73,6 +79,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.dify_client import (
     CONSOLE, EMAIL_RE, PASSWORD_RE, DifyClient, DifyError, dify_argument_spec, version_str,
 )
+from ansible.module_utils.dify_resource import DifyResource
 
 
 INIT_PASSWORD_MISSING = ("this Dify was started with INIT_PASSWORD and has no admin yet: pass that password "
@@ -83,6 +90,53 @@ def workspace(client):
     """The admin's current workspace (Dify 1.15.0 answers it to POST only; GET is 405)."""
     info = client.request("POST", CONSOLE + "/workspaces/current", safe=True)
     return {"workspace_id": info.get("id") or "", "workspace_name": info.get("name") or ""}
+
+
+class Setup(DifyResource):
+    """Dify's one-time setup as a resource that can only be created: find reads the setup step (and, when
+    not finished, whether INIT_PASSWORD must be validated first); create runs the setup. There is nothing
+    to compare, update or delete. returns proves the credentials by logging in (verify_login)."""
+
+    def find(self):
+        p = self.params
+        version = self.client.detect_version()
+        self.step = self.client.setup_status()
+        self.result.update(setup_step=self.step, version=version_str(version) if version else "")
+        if self.step == "finished":
+            self.result["msg"] = "Dify is already set up"
+            return {"setup": self.step}
+        # GET /init answers not_started when Dify runs with INIT_PASSWORD and this session has not
+        # validated it yet; then POST /setup would answer a bare 401 "Unauthorized".
+        self.init_needed = self.client.request("GET", CONSOLE + "/init", auth=False).get("status") == "not_started"
+        if self.init_needed and not p["init_password"]:
+            self.module.fail_json(msg=INIT_PASSWORD_MISSING, setup_step=self.step)
+        return None
+
+    def wanted(self):
+        return {"setup": "finished", "admin_email": self.params["admin_email"], "admin_name": self.params["admin_name"]}
+
+    def absent_view(self):
+        return {"setup": self.step}
+
+    def compare(self, have, want):
+        return []  # set up is set up: the admin's name and email are not managed afterwards
+
+    def create(self, want):
+        p, client = self.params, self.client
+        if self.init_needed:
+            # keeps the session cookie that marks the init password as validated for /setup
+            client.request("POST", CONSOLE + "/init", body={"password": p["init_password"]}, auth=False)
+        client.request("POST", CONSOLE + "/setup", auth=False, body={
+            "email": p["admin_email"], "name": p["admin_name"], "password": p["admin_password"],
+            "language": p["language"]}, landed=lambda: {} if client.setup_status() == "finished" else None)
+        self.result["msg"] = "Dify admin account created"
+        return {"setup": "finished"}
+
+    def returns(self, done):
+        if done is None or not self.params["verify_login"] or self.check_mode:
+            return {}
+        self.client.login()
+        return workspace(self.client)
 
 
 def validate(module):
@@ -110,38 +164,8 @@ def main():
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     validate(module)
-    p = module.params
     try:
-        client = DifyClient.from_module(module)
-        version = client.detect_version()
-        step = client.setup_status()
-        result = dict(changed=False, setup_step=step, version=version_str(version) if version else "")
-        if step == "finished":
-            if p["verify_login"] and not module.check_mode:
-                client.login()
-                result.update(workspace(client))
-            result["msg"] = "Dify is already set up"
-            module.exit_json(**result)
-        result["changed"] = True
-        result["diff"] = dict(before={"setup": step}, after={"setup": "finished", "admin_email": p["admin_email"],
-                                                             "admin_name": p["admin_name"]})
-        # GET /init answers not_started when Dify runs with INIT_PASSWORD and this session has not
-        # validated it yet; then POST /setup would answer a bare 401 "Unauthorized".
-        init_needed = client.request("GET", CONSOLE + "/init", auth=False).get("status") == "not_started"
-        if init_needed and not p["init_password"]:
-            module.fail_json(msg=INIT_PASSWORD_MISSING, setup_step=step)
-        if module.check_mode:
-            module.exit_json(**result)
-        if init_needed:
-            # keeps the session cookie that marks the init password as validated for /setup
-            client.request("POST", CONSOLE + "/init", body={"password": p["init_password"]}, auth=False)
-        client.request("POST", CONSOLE + "/setup", auth=False, body={
-            "email": p["admin_email"], "name": p["admin_name"], "password": p["admin_password"],
-            "language": p["language"]}, landed=lambda: {} if client.setup_status() == "finished" else None)
-        if p["verify_login"]:
-            client.login()
-            result.update(workspace(client))
-        result["msg"] = "Dify admin account created"
+        result = Setup(module, DifyClient.from_module(module)).run()
     except DifyError as err:
         path = err.path or ""
         if path.endswith("/init") and err.status == 401:

@@ -2,10 +2,16 @@
 check mode, and input validation before any call. Runs against the Dify API stand-in (a test double).
 """
 
+import importlib.util
 import io
+import os
 import zipfile
 
 import pytest
+import yaml
+from ansible.module_utils import basic
+
+from conftest import ROOT, load_module
 
 C = "/console/api"
 P = "langgenius/openai_api_compatible/openai_api_compatible"
@@ -470,3 +476,244 @@ def test_module_refuses_unsupported_version(standin_factory, run_module):
     assert [r["path"] for r in standin.requests] == ["/health"]
     res = run_module("dify_setup", standin.args())
     assert res["failed"] and "Dify 0.15.3 is not supported" in res["msg"]
+
+
+# ------------------------------------------- every module: the shared resource pattern (dify_resource)
+PATTERN_MODULES = ["dify_setup", "dify_plugin", "dify_model", "dify_default_models", "dify_dataset", "dify_app",
+                   "dify_api_key"]  # the modules on plugins/module_utils/dify_resource.py
+READS = {C + "/login", C + "/refresh-token", C + "/workspaces/current"}  # POSTs that write nothing
+
+
+def writes(s, mark):
+    """The requests since ``mark`` that could change something in Dify."""
+    return [(m, p) for m, p in s.calls(mark) if m not in ("GET", "HEAD") and p not in READS]
+
+
+def package(tmp_path, version):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("manifest.yaml", "version: %s\nauthor: langgenius\nname: openai_api_compatible\n" % version)
+    pkg = tmp_path / ("openai_api_compatible-%s.difypkg" % version)
+    pkg.write_bytes(buf.getvalue())
+    return str(pkg)
+
+
+def lifecycle(name, request, tmp_path):
+    """(stand-in, module, [(action, args, changed)]) for one module: every resource action it has."""
+    if name == "dify_setup":
+        s = request.getfixturevalue("standin")
+        return s, name, [("create", s.args(admin_name="Ops"), True), ("unchanged", s.args(admin_name="Ops"), False)]
+    if name == "dify_plugin":
+        s = request.getfixturevalue("standin")
+        request.getfixturevalue("run_module")("dify_setup", s.args())
+        a = dict(plugin_id="langgenius/openai_api_compatible", poll_interval=0.03)
+        v63, v64 = package(tmp_path, "0.0.63"), package(tmp_path, "0.0.64")
+        return s, name, [("create", s.args(package_path=v63, **a), True), ("unchanged", s.args(**a), False),
+                         ("update", s.args(package_path=v64, **a), True),
+                         ("delete", s.args(state="absent", **a), True),
+                         ("absent", s.args(state="absent", **a), False)]
+    if name == "dify_model":
+        s = request.getfixturevalue("ready")
+        return s, name, [("create", model_args(s), True), ("unchanged", model_args(s), False),
+                         ("update", model_args(s, credentials=dict(CREDS, context_size="8192")), True),
+                         ("delete", model_args(s, state="absent"), True),
+                         ("absent", model_args(s, state="absent"), False)]
+    s = request.getfixturevalue("models")
+    if name == "dify_default_models":
+        llm = {"model_type": "llm", "provider": P, "model": "tiny-llm"}
+        emb = {"model_type": "text-embedding", "provider": P, "model": "tiny-embed"}
+        rr = {"model_type": "rerank", "provider": P, "model": "tiny-rerank"}
+        return s, name, [("update", s.args(models=[llm, emb]), True), ("unchanged", s.args(models=[llm, emb]), False),
+                         ("update", s.args(models=[llm, rr]), True)]
+    key = request.getfixturevalue("run_module")("dify_api_key", s.args(kind="dataset"))["token"]
+    if name == "dify_dataset":
+        return s, name, [("create", ds_args(s, key), True), ("unchanged", ds_args(s, key), False),
+                         ("update", ds_args(s, key, top_k=8), True), ("delete", ds_args(s, key, state="absent"), True),
+                         ("absent", ds_args(s, key, state="absent"), False)]
+    ds = request.getfixturevalue("run_module")("dify_dataset", ds_args(s, key))["id"]
+    if name == "dify_app":
+        return s, name, [("create", app_args(s, ds), True), ("unchanged", app_args(s, ds), False),
+                         ("update", app_args(s, ds, pre_prompt="Be thorough."), True),
+                         ("update", app_args(s, ds, pre_prompt="Be thorough.", description="Helpdesk"), True),
+                         ("delete", app_args(s, ds, state="absent"), True),
+                         ("absent", app_args(s, ds, state="absent"), False)]
+    assert name == "dify_api_key"
+    request.getfixturevalue("run_module")("dify_app", app_args(s, ds))
+    return s, name, [("create", s.args(app_name="Assistant", reuse_existing=False), True),
+                     ("unchanged", s.args(app_name="Assistant"), False),
+                     ("update (rotate)", s.args(app_name="Assistant", rotate=True), True),
+                     ("delete", s.args(app_name="Assistant", state="absent"), True),
+                     ("absent", s.args(app_name="Assistant", state="absent"), False)]
+
+
+@pytest.mark.parametrize("name", PATTERN_MODULES)
+def test_every_action_check_mode_diff_and_changed(name, request, run_module, tmp_path):
+    """Each resource action of each module, run three times: in check mode without and with --diff
+    (no write; ``changed`` as the real run; a diff only with --diff and only when something changes),
+    then for real without --diff (``changed``; no diff)."""
+    s, module, steps = lifecycle(name, request, tmp_path)
+    for action, args, changed in steps:
+        for diff in (False, True):
+            mark = s.mark()
+            res = run_module(module, args, check_mode=True, diff=diff)
+            assert not res.get("failed"), (action, res)
+            assert res["changed"] is changed, (action, diff, res)
+            assert ("diff" in res) is (diff and changed), (action, diff, res)
+            assert writes(s, mark) == [], (action, "check mode wrote")
+        mark = s.mark()
+        res = run_module(module, args, diff=False)
+        assert not res.get("failed"), (action, res)
+        assert res["changed"] is changed and "diff" not in res, (action, res)
+        assert bool(writes(s, mark)) is changed, (action, s.calls(mark))
+
+
+def test_diff_with_diff_mode_shows_before_and_after(models, dataset_id, run_module):
+    s = models
+    res = run_module("dify_app", app_args(s, dataset_id), diff=True)
+    assert res["diff"]["before"] == {} and res["diff"]["after"]["name"] == "Assistant"
+    res = run_module("dify_app", app_args(s, dataset_id, description="Helpdesk"), diff=True)
+    assert res["diff"] == {"before": {"description": "", "icon": "\U0001F916", "icon_background": "#FFEAD5"},
+                           "after": {"description": "Helpdesk", "icon": "\U0001F916", "icon_background": "#FFEAD5"}}
+    res = run_module("dify_app", app_args(s, dataset_id, description="Helpdesk", state="absent"), diff=True)
+    assert res["diff"] == {"before": {"name": "Assistant"}, "after": {}}
+
+
+def test_plugin_version_change_reinstalls_a_package(standin, run_module, tmp_path):
+    run_module("dify_setup", standin.args())
+    a = dict(plugin_id="langgenius/openai_api_compatible", poll_interval=0.03)
+    run_module("dify_plugin", standin.args(package_path=package(tmp_path, "0.0.63"), **a))
+    mark = standin.mark()
+    res = run_module("dify_plugin", standin.args(package_path=package(tmp_path, "0.0.64"), **a))
+    assert res["changed"] and res["method"] == "reinstall" and res["version_change"] == "0.0.63 -> 0.0.64"
+    assert res["plugin"]["version"] == "0.0.64" and res["diff"]["after"]["version"] == "0.0.64"
+    calls = standin.calls(mark)
+    assert calls[:5] == [LOGIN, ("GET", PL + "/list"), ("POST", PL + "/upload/pkg"), ("POST", PL + "/uninstall"),
+                         ("POST", PL + "/install/pkg")]
+    assert calls[-1] == ("GET", PL + "/list")
+
+
+def test_api_key_check_mode_for_an_app_not_created_yet(models, run_module):
+    s = models
+    mark = s.mark()
+    res = run_module("dify_api_key", s.args(app_name="Later"), check_mode=True)
+    assert res["changed"] and res["token_source"] == "none" and "diff" not in res
+    res = run_module("dify_api_key", s.args(app_name="Later", state="absent"), check_mode=True)
+    assert not res["changed"]
+    assert s.calls(mark) == [LOGIN, ("GET", C + "/apps")] * 2
+
+
+def test_model_check_mode_before_its_plugin_is_installed(standin, run_module):
+    run_module("dify_setup", standin.args())
+    mark = standin.mark()
+    res = run_module("dify_model", model_args(standin), check_mode=True)
+    assert res["changed"] and res["credential_id"] == "" and "not installed yet" in res["msg"]
+    assert standin.calls(mark) == [LOGIN, PROVIDERS]
+
+
+# ------------------------------------------------------------- documentation matches the modules
+def _doc_fragment():
+    spec = importlib.util.spec_from_file_location("dify_doc_fragment", os.path.join(ROOT, "plugins", "doc_fragments",
+                                                                                    "dify.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ModuleDocFragment
+
+
+class _Spec(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", PATTERN_MODULES + ["dify_documents"])
+def test_documentation_parses_and_names_every_option(name, monkeypatch):
+    """What ansible-doc renders: the YAML parses, every option of the argument spec is documented (the
+    fragments' included), and the modules on the resource pattern declare check and diff mode."""
+    mod = load_module(name)
+    doc = yaml.safe_load(mod.DOCUMENTATION)
+    yaml.safe_load(mod.EXAMPLES)
+    yaml.safe_load(mod.RETURN)
+    fragment = _doc_fragment()
+    options = set(doc.get("options") or {})
+    for ref in doc["extends_documentation_fragment"]:
+        part = yaml.safe_load(getattr(fragment, ref.partition(".")[2].upper() or "DOCUMENTATION"))
+        options |= set(part.get("options") or {})
+
+    def capture(self, argument_spec=None, **kwargs):
+        raise _Spec(argument_spec, kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, "__init__", capture)
+    with pytest.raises(_Spec) as spec:
+        mod.main()
+    argument_spec, kwargs = spec.value.args
+    assert set(argument_spec) == options
+    if name in PATTERN_MODULES:
+        assert kwargs["supports_check_mode"] and "dify.attributes" in doc["extends_documentation_fragment"]
+        assert doc["attributes"]["check_mode"]["support"] == doc["attributes"]["diff_mode"]["support"] == "full"
+
+
+# ------------------------------------------------ creating POSTs: repeated only after their lookup
+def creating(name, request, tmp_path):
+    """(stand-in, args, the creating POST's path, the lookup's path) of one module's create."""
+    run = request.getfixturevalue("run_module")
+    if name == "dify_setup":
+        s = request.getfixturevalue("standin")
+        return s, s.args(), C + "/setup", C + "/setup"
+    if name == "dify_plugin":
+        s = request.getfixturevalue("standin")
+        run("dify_setup", s.args())
+        return (s, s.args(plugin_id="langgenius/openai_api_compatible", poll_interval=0.03,
+                          package_path=package(tmp_path, "0.0.63")), PL + "/install/pkg", PL + "/list")
+    if name == "dify_model":
+        s = request.getfixturevalue("ready")
+        return s, model_args(s), MP + "/credentials", MP + "/credentials"
+    s = request.getfixturevalue("models")
+    if name == "dify_dataset":
+        key = run("dify_api_key", s.args(kind="dataset"))["token"]
+        return s, ds_args(s, key), "/v1/datasets", "/v1/datasets"
+    if name == "dify_app":
+        return s, app_args(s, request.getfixturevalue("dataset_id")), C + "/apps", C + "/apps"
+    assert name == "dify_api_key"
+    return s, s.args(kind="dataset"), C + "/datasets/api-keys", C + "/datasets/api-keys"
+
+
+CREATORS = ["dify_setup", "dify_plugin", "dify_model", "dify_dataset", "dify_app", "dify_api_key"]
+
+
+@pytest.mark.parametrize("name", CREATORS)
+def test_a_create_that_did_not_land_is_sent_again_after_its_lookup(name, request, run_module, tmp_path):
+    s, args, post, lookup = creating(name, request, tmp_path)
+    s.state.inject_fault("POST", post, 503)  # answered without creating anything
+    mark = s.mark()
+    res = run_module(name, args)
+    assert res["changed"] and not res.get("failed"), res
+    calls = s.calls(mark)
+    first = calls.index(("POST", post))
+    assert calls[first + 1:first + 3] == [("GET", lookup), ("POST", post)], calls
+    assert calls.count(("POST", post)) == 2
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
+    "known gap: the install's lookup reads the plugin list, where a plugin shows only once its install task "
+    "ended; a pending task (GET .../plugin/tasks, not served by the stand-in) is not looked at"))) if n == "dify_plugin"
+    else n for n in CREATORS])
+def test_a_create_whose_answer_was_lost_is_not_sent_twice(name, request, run_module, tmp_path, monkeypatch):
+    from ansible.module_utils import dify_client
+    s, args, post, lookup = creating(name, request, tmp_path)
+    raw = dify_client.DifyClient.raw
+    lost = []
+
+    def lose_first_answer(self, method, path, *a, **kw):
+        answer = raw(self, method, path, *a, **kw)
+        if method == "POST" and path == post and not lost:
+            lost.append(answer[0])  # Dify created it; the proxy answers 502
+            return 502, {}, {"code": "bad_gateway", "message": "upstream went away"}
+        return answer
+
+    monkeypatch.setattr(dify_client.DifyClient, "raw", lose_first_answer)
+    mark = s.mark()
+    res = run_module(name, args)
+    assert lost == [200] or lost == [201], lost
+    assert res["changed"] and not res.get("failed"), res
+    calls = s.calls(mark)
+    assert calls.count(("POST", post)) == 1, calls
+    first = calls.index(("POST", post))
+    assert calls[first + 1] == ("GET", lookup)

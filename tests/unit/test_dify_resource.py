@@ -7,6 +7,11 @@ import pytest
 
 from ansible.module_utils import dify_resource as dr
 
+from conftest import load_module
+
+MODULES = ["dify_app", "dify_dataset", "dify_api_key", "dify_model", "dify_default_models", "dify_plugin",
+           "dify_setup"]
+
 
 class FakeModule(object):
     def __init__(self, check_mode=False, diff=False, **params):
@@ -168,6 +173,13 @@ def test_apps_named_reads_every_page_and_matches_exactly():
     assert dr.apps_named(client, "Assistant") == [{"id": "2", "name": "Assistant"}]
     assert client.calls == [("GET", "/console/api/apps", {"page": 1, "limit": 100, "name": "Assistant"}),
                             ("GET", "/console/api/apps", {"page": 2, "limit": 100, "name": "Assistant"})]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_module_describes_its_resource_with_the_pattern(name):
+    mod = load_module(name)
+    assert [c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, dr.DifyResource)
+            and c is not dr.DifyResource], name
 
 
 # ----------------------------------------------- the shared client's error reading (dify_knowledge_api uses it)
