@@ -15,6 +15,8 @@ description:
     but the endpoint lacks, and the fields the schema does not know (Dify would silently drop them).
   - C(dify_bootstrap_legacy_credentials) turns the files an earlier version kept on the controller
     (admin_password, dataset_api_key) into the credentials file's mapping, to import them once.
+  - C(dify_bootstrap_plan) resolves the plugins to install, the workspace default models and each
+    knowledge base's and app's models and providers from the endpoints (no HTTP, no I/O).
 """
 
 MODEL_TYPES = ("llm", "text-embedding", "rerank", "speech2text", "tts", "moderation")
@@ -80,6 +82,60 @@ def dify_endpoint_problems(endpoints):
     return problems
 
 
+DEFAULT_TYPES = ("llm", "text-embedding", "rerank")
+
+
+def _provider_of(endpoints, model_type, model):
+    for ep in endpoints:
+        if ep.get("model_type") == model_type and ep.get("model") == model:
+            return ep.get("provider") or ""
+    return ""
+
+
+def dify_bootstrap_plan(endpoints, plugins=None, default_models=None, datasets=None, apps=None):
+    """What the bootstrap will configure, resolved from its inputs.
+
+    - ``plugins``: the given plugin ids plus every endpoint's ``plugin_id``, each once, in order;
+    - ``default_models``: per type (llm, text-embedding, rerank) the endpoint named in
+      ``default_models`` (model_type -> model), else the first endpoint of that type;
+    - ``datasets`` / ``apps``: each entry with its models filled in from the defaults (an empty
+      ``reranking_model`` turns reranking off; an absent one takes the default) and the providers of
+      those models looked up among the endpoints (empty when no endpoint serves that model).
+    """
+    endpoints = [e for e in endpoints or [] if isinstance(e, dict)]
+    default_models = default_models or {}
+    plugin_ids = []
+    for pid in list(plugins or []) + [e.get("plugin_id") for e in endpoints]:
+        if pid and pid not in plugin_ids:
+            plugin_ids.append(pid)
+    defaults = []
+    for mtype in DEFAULT_TYPES:
+        eps = [e for e in endpoints if e.get("model_type") == mtype]
+        wanted = default_models.get(mtype)
+        pick = [e for e in eps if e.get("model") == wanted] if wanted else eps
+        if pick:
+            defaults.append({"model_type": mtype, "provider": pick[0].get("provider"), "model": pick[0].get("model")})
+    by_type = dict((d["model_type"], d["model"]) for d in defaults)
+
+    def reranker(entry):
+        return entry["reranking_model"] if "reranking_model" in entry else by_type.get("rerank", "")
+
+    out_ds = []
+    for ds in datasets or []:
+        emb = ds.get("embedding_model") or by_type.get("text-embedding", "")
+        rr = reranker(ds) or ""
+        out_ds.append(dict(ds, embedding_model=emb, embedding_provider=_provider_of(endpoints, "text-embedding", emb),
+                           reranking_model=rr, reranking_provider=_provider_of(endpoints, "rerank", rr)))
+    out_apps = []
+    for app in apps or []:
+        llm = app.get("model") or by_type.get("llm", "")
+        rr = reranker(app) or ""
+        out_apps.append(dict(app, model=llm, provider=_provider_of(endpoints, "llm", llm), reranking_model=rr,
+                             reranking_provider=_provider_of(endpoints, "rerank", rr),
+                             datasets=app.get("datasets") or [], api_key=app.get("api_key", True)))
+    return {"plugins": plugin_ids, "default_models": defaults, "datasets": out_ds, "apps": out_apps}
+
+
 LEGACY_FILES = ("admin_password", "dataset_api_key")
 
 
@@ -96,4 +152,5 @@ def dify_bootstrap_legacy_credentials(names, contents):
 class FilterModule(object):
     def filters(self):
         return {"dify_endpoint_problems": dify_endpoint_problems,
+                "dify_bootstrap_plan": dify_bootstrap_plan,
                 "dify_bootstrap_legacy_credentials": dify_bootstrap_legacy_credentials}

@@ -164,19 +164,26 @@ def _never_sent(err):
     return isinstance(reason, ConnectionRefusedError) or isinstance(err, ConnectionRefusedError)
 
 
-def _error_from(method, path, status, data):
+def error_fields(data):
+    """(code, message) of a Dify error body, read as _error_from() reads it: {"code", "message", "status"}
+    (``result`` when there is no ``code``), fastopenapi's {"error": {"type", "message"}}, or any other
+    body (its first 300 characters). The message is a string, or None when there is none."""
     code = message = None
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict):
-            # Dify's fastopenapi routes (/setup, /init, ...) answer {"error": {"type", "message", "status"}}
-            code = err.get("type") or err.get("code")
-            message = err.get("message")
+            code, message = err.get("type") or err.get("code"), err.get("message")
         else:
-            code = data.get("code") or data.get("result")
-            message = data.get("message") or err
+            code, message = data.get("code") or data.get("result"), data.get("message") or err
     elif data:
         message = str(data)[:300]
+    return code, ("%s" % (message,) if message else None)
+
+
+
+def _error_from(method, path, status, data):
+    # Dify's fastopenapi routes (/setup, /init, ...) answer {"error": {"type", "message", "status"}}
+    code, message = error_fields(data)
     text = "%s %s failed: HTTP %s" % (method, path, status)
     if code:
         text += " %s" % code
@@ -500,17 +507,3 @@ def run_module(module, func):
     module.exit_json(**result)
 
 
-def error_fields(data):
-    """(code, message) of a Dify error body, read as _error_from() reads it: {"code", "message", "status"}
-    (``result`` when there is no ``code``), fastopenapi's {"error": {"type", "message"}}, or any other
-    body (its first 300 characters). The message is a string, or None when there is none."""
-    code = message = None
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict):
-            code, message = err.get("type") or err.get("code"), err.get("message")
-        else:
-            code, message = data.get("code") or data.get("result"), data.get("message") or err
-    elif data:
-        message = str(data)[:300]
-    return code, ("%s" % (message,) if message else None)

@@ -51,3 +51,61 @@ def test_table_matches_the_plugins_own_schemas():
                                                    if c["variable"] == "__model_type")]
                 assert sorted(x["variable"] for x in applies if x.get("required")) == sorted(required), model_type
                 assert sorted(set(x["variable"] for x in applies)) == sorted(set(required) | set(optional)), model_type
+
+
+LLM = {"model_type": "llm", "model": "chat", "provider": OAC, "plugin_id": "langgenius/openai_api_compatible"}
+EMB = {"model_type": "text-embedding", "model": "emb", "provider": TEI, "plugin_id": "langgenius/huggingface_tei"}
+EMB2 = dict(EMB, model="emb2")
+RR = {"model_type": "rerank", "model": "rr", "provider": TEI, "plugin_id": "langgenius/huggingface_tei"}
+
+
+@pytest.mark.parametrize("endpoints,plugins,defaults,want_plugins,want_defaults", [
+    ([LLM, EMB, RR], ["langgenius/openai_api_compatible"], {},
+     ["langgenius/openai_api_compatible", "langgenius/huggingface_tei"],
+     [("llm", "chat"), ("text-embedding", "emb"), ("rerank", "rr")]),
+    ([EMB, EMB2], [], {"text-embedding": "emb2"}, ["langgenius/huggingface_tei"], [("text-embedding", "emb2")]),
+    ([EMB, EMB2], [], {"text-embedding": "nope"}, ["langgenius/huggingface_tei"], []),
+    ([], ["x/y"], {}, ["x/y"], []),
+], ids=["first-of-each-type", "named-default", "unknown-default", "no-endpoints"])
+def test_plan_plugins_and_defaults(endpoints, plugins, defaults, want_plugins, want_defaults):
+    plan = f.dify_bootstrap_plan(endpoints, plugins, defaults, [], [])
+    assert plan["plugins"] == want_plugins
+    assert [(d["model_type"], d["model"]) for d in plan["default_models"]] == want_defaults
+
+
+@pytest.mark.parametrize("entry,want", [
+    ({"name": "KB"}, ("emb", TEI, "rr", TEI)),
+    ({"name": "KB", "embedding_model": "emb2"}, ("emb2", TEI, "rr", TEI)),
+    ({"name": "KB", "reranking_model": ""}, ("emb", TEI, "", "")),
+    ({"name": "KB", "reranking_model": "other"}, ("emb", TEI, "other", "")),
+    ({"name": "KB", "embedding_model": "missing"}, ("missing", "", "rr", TEI)),
+], ids=["defaults", "own-embedding", "rerank-off", "unknown-reranker", "unknown-embedding"])
+def test_plan_datasets(entry, want):
+    (ds,) = f.dify_bootstrap_plan([LLM, EMB, EMB2, RR], [], {}, [entry], [])["datasets"]
+    assert (ds["embedding_model"], ds["embedding_provider"], ds["reranking_model"], ds["reranking_provider"]) == want
+    assert ds["name"] == "KB"
+
+
+@pytest.mark.parametrize("entry,want", [
+    ({"name": "A"}, ("chat", OAC, "rr", [], True)),
+    ({"name": "A", "model": "other", "datasets": ["KB"], "api_key": False}, ("other", "", "rr", ["KB"], False)),
+    ({"name": "A", "reranking_model": ""}, ("chat", OAC, "", [], True)),
+], ids=["defaults", "own-model-no-key", "rerank-off"])
+def test_plan_apps(entry, want):
+    (app,) = f.dify_bootstrap_plan([LLM, EMB, RR], [], {}, [], [entry])["apps"]
+    assert (app["model"], app["provider"], app["reranking_model"], app["datasets"], app["api_key"]) == want
+
+
+def test_plan_without_a_reranker_turns_reranking_off():
+    plan = f.dify_bootstrap_plan([LLM, EMB], [], {}, [{"name": "KB"}], [{"name": "A"}])
+    assert plan["datasets"][0]["reranking_model"] == "" and plan["apps"][0]["reranking_model"] == ""
+
+
+@pytest.mark.parametrize("names,contents,want", [
+    (["admin_password", "dataset_api_key", "app_api_key_A"], ["pw1\n", "dataset-k", "app-x"],
+     {"admin_password": "pw1", "dataset_api_key": "dataset-k"}),
+    (["admin_password"], ["  \n"], {}),
+    ([], [], {}),
+], ids=["imports-two", "blank-ignored", "nothing"])
+def test_legacy_credentials(names, contents, want):
+    assert f.dify_bootstrap_legacy_credentials(names, contents) == want
