@@ -1101,3 +1101,71 @@ def test_openai_api_compatible_sends_one_text_per_request(plugin_runs):
     out = plugin_runs["openai_api_compatible"]
     assert out["max_chunks"] == 1 and out["vectors"] == 16
     assert plugin_runs["direct"] == [1] * 16
+
+
+# ============================================================================ coalescing (TEI's queue)
+class SlowEmbedBackend(FakeBackend):
+    """embed() takes a while and records each call's inputs; a vector is [len(text)] of its input."""
+
+    def __init__(self, delay=0.05):
+        FakeBackend.__init__(self)
+        self.delay = delay
+        self.embed_calls = []
+        self.lock = threading.Lock()
+
+    def embed(self, inputs, normalize=True):
+        with self.lock:
+            self.embed_calls.append(list(inputs))
+        time.sleep(self.delay)
+        if any(x == "boom" for x in inputs):
+            raise tf.TeiError("Backend", "Backend error: boom")
+        return [[float(len(x))] for x in inputs], 7
+
+
+def concurrent_embeds(f, texts):
+    out, errors = {}, {}
+
+    def one(t):
+        try:
+            out[t] = f.embed({"input": [t]}, openai=True)["data"][0]["embedding"]
+        except tf.TeiError as err:
+            errors[t] = err
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return out, errors
+
+
+@pytest.mark.parametrize("coalesce,max_calls", [(True, 4), (False, 10)], ids=["coalesced", "one-per-request"])
+def test_concurrent_requests_share_backend_calls(coalesce, max_calls):
+    backend = SlowEmbedBackend()
+    f = tf.Front(cfg(kind="embedding", max_client_batch_size=4, coalesce=coalesce), backend)
+    texts = ["w%s" % ("x" * i) for i in range(10)]
+    out, errors = concurrent_embeds(f, texts)
+    assert not errors
+    assert all(out[t] == [float(len(t))] for t in texts)  # every request got its own vector back
+    assert sum(len(c) for c in backend.embed_calls) == 10
+    assert len(backend.embed_calls) <= max_calls and all(len(c) <= 4 for c in backend.embed_calls)
+    if coalesce:
+        assert len(backend.embed_calls) < 10
+    else:
+        assert len(backend.embed_calls) == 10
+
+
+def test_a_failed_coalesced_call_fails_each_of_its_requests_and_only_those():
+    backend = SlowEmbedBackend(delay=0.1)
+    f = tf.Front(cfg(kind="embedding", max_client_batch_size=2), backend)
+    out, errors = concurrent_embeds(f, ["a", "boom", "c", "d", "e"])
+    assert errors and all(e.error_type == "Backend" for e in errors.values())
+    assert set(out) | set(errors) == {"a", "boom", "c", "d", "e"}
+    failed_calls = [c for c in backend.embed_calls if "boom" in c]
+    assert len(failed_calls) == 1 and set(errors) == set(failed_calls[0])
+
+
+def test_coalescing_is_configurable_and_checked():
+    assert cfg(coalesce=False)["coalesce"] is False
+    with pytest.raises(tf.ConfigError, match="coalesce"):
+        cfg(coalesce="yes")

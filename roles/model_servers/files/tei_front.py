@@ -31,6 +31,8 @@ Configuration (JSON object; unknown keys are refused):
   max_concurrent_requests     requests in flight before 429 (default 512)
   payload_limit               request body bytes (default 2000000, TEI's default)
   max_batch_tokens            reported in /info (default max_input_length * max_client_batch_size)
+  coalesce                    embedding kind: batch the inputs of concurrent requests into one backend
+                              call (up to max_client_batch_size inputs), as TEI's own queue does (default true)
   pooling                     reported in /info for embedding models (default "mean")
   model_dtype                 reported in /info (default "float16")
   default_prompt              text put before every embedding input (TEI's --default-prompt), e.g. ruri's
@@ -79,6 +81,7 @@ DEFAULTS = {
     "model_dtype": "float16",
     "default_prompt": "",
     "info_max_input_length": None,
+    "coalesce": True,
 }
 REQUIRED = ("port", "backend", "backend_url", "kind", "model_id", "max_input_length", "max_client_batch_size")
 BACKENDS = ("llamacpp", "infinity")
@@ -159,6 +162,8 @@ def load_config(source):
         cfg["max_batch_tokens"] = cfg["max_input_length"] * cfg["max_client_batch_size"]
     if not cfg["backend_model"]:
         cfg["backend_model"] = cfg["model_id"]
+    if not isinstance(cfg["coalesce"], bool):
+        raise ConfigError("coalesce must be true or false, not %r" % (cfg["coalesce"],))
     if not isinstance(cfg["default_prompt"], str):
         raise ConfigError("default_prompt must be a string, not %r" % (cfg["default_prompt"],))
     info = cfg["info_max_input_length"]
@@ -514,6 +519,65 @@ def token_offsets(text, pieces, special_ids):
 
 
 # ----------------------------------------------------------------------------- the front
+class Coalescer:
+    """TEI's dynamic batching for embeddings: while one backend call runs, the inputs of the requests that
+    arrive queue up; the next call carries all of them (up to ``max_inputs``, whole requests only), and
+    each request gets its own vectors back. No timer: an idle front sends a request at once.
+
+    Why: Dify 1.15.0 embeds a document's chunks from 10 threads (core/indexing_runner.py splits them into
+    10 groups by hash), so with files of a few chunks each, huggingface_tei's batches are 1-2 texts;
+    coalescing turns those concurrent small requests into full backend batches.
+    """
+
+    def __init__(self, embed, max_inputs):
+        self.embed = embed
+        self.max_inputs = max(1, int(max_inputs))
+        self.cond = threading.Condition()
+        self.queue = []
+        self.calls = 0
+        threading.Thread(target=self._loop, name="coalescer", daemon=True).start()
+
+    def __call__(self, inputs, normalize=True):
+        item = {"inputs": list(inputs), "normalize": normalize, "done": threading.Event()}
+        with self.cond:
+            self.queue.append(item)
+            self.cond.notify()
+        item["done"].wait()
+        if "error" in item:
+            raise item["error"]
+        return item["vectors"], item["tokens"]
+
+    def _take(self):
+        with self.cond:
+            while not self.queue:
+                self.cond.wait()
+            batch, count = [self.queue.pop(0)], None
+            count = len(batch[0]["inputs"])
+            while (self.queue and self.queue[0]["normalize"] == batch[0]["normalize"]
+                   and count + len(self.queue[0]["inputs"]) <= self.max_inputs):
+                item = self.queue.pop(0)
+                batch.append(item)
+                count += len(item["inputs"])
+            return batch
+
+    def _loop(self):
+        while True:
+            batch = self._take()
+            try:
+                self.calls += 1
+                vectors, tokens = self.embed([x for it in batch for x in it["inputs"]], normalize=batch[0]["normalize"])
+                at = 0
+                for it in batch:
+                    n = len(it["inputs"])
+                    it["vectors"], it["tokens"] = vectors[at:at + n], (tokens if len(batch) == 1 else None)
+                    at += n
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the backend's error
+                for it in batch:
+                    it["error"] = exc
+            for it in batch:
+                it["done"].set()
+
+
 class Front:
     """TEI's endpoints over one backend, free of HTTP (the handler below only moves JSON)."""
 
@@ -522,6 +586,9 @@ class Front:
         self.backend = backend
         self.limit = cfg["max_input_length"]
         self.batch = cfg["max_client_batch_size"]
+        self._embed = backend.embed
+        if cfg["kind"] == "embedding" and cfg.get("coalesce", True):
+            self._embed = Coalescer(backend.embed, self.batch)
 
     # -- /info and /health
     def info(self):
@@ -672,7 +739,7 @@ class Front:
             normalize = body.get("normalize", True) is not False
             fmt = "float"
         fitted = self.fit_inputs(inputs, truncate, side)
-        vectors, used = self.backend.embed(fitted, normalize=normalize)
+        vectors, used = self._embed(fitted, normalize=normalize)
         if not openai:
             return vectors
         data = [{"object": "embedding", "embedding": float_b64(v) if fmt == "base64" else v, "index": i}
