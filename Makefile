@@ -41,10 +41,14 @@ integration: setup
 molecule: setup
 	tests/run.sh molecule $(S)
 
-## Benchmarks print figures (they are not tests): site converge/re-run, embedding batching.
+## Benchmarks print figures (they are not tests): site converge/re-run, embedding batching,
+## ingesting a repository into real Dify (defaults vs tuned). BENCH_ARGS=--quick for a short ingest.
 bench: setup
+	scripts/ensure-test-tools.sh
+	scripts/ensure-docker.sh
 	$(VENV)/bin/python benchmarks/site_converge.py
-	$(PYTHON) benchmarks/embedding_batch.py
+	$(VENV)/bin/python benchmarks/embedding_batch.py
+	$(VENV)/bin/python benchmarks/ingest.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache

@@ -100,9 +100,15 @@ class HarnessError(RuntimeError):
 class RealDify(object):
     """Start with ``start()``, stop with ``stop()``; ``url`` is the api (console + service API)."""
 
-    def __init__(self, cache=CACHE, log=None):
+    def __init__(self, cache=CACHE, log=None, worker_concurrency=4, embedding_batch=8, port_offset=0):
+        """``worker_concurrency``: the Celery worker's -c (Dify's own default is 1); ``embedding_batch``:
+        the embedding front's max_client_batch_size (what huggingface_tei lets Dify batch);
+        ``port_offset``: shifts every port and uses its own run directory, so a second harness (a long
+        benchmark) can run beside the tests' one."""
         self.cache = cache
-        self.run_dir = os.path.join(cache, "run")
+        self.worker_concurrency = worker_concurrency
+        self.embedding_batch = embedding_batch
+        self.run_dir = os.path.join(cache, "run" if not port_offset else "run-%d" % port_offset)
         self.version = role_default("dify", "dify_version")
         if self.version not in upstream.DIFY_SOURCES:
             raise HarnessError("roles/dify deploys Dify %s by default, but tests/real_dify/upstream.py knows no "
@@ -110,7 +116,7 @@ class RealDify(object):
         self.src = os.path.join(cache, "src", "dify-%s" % self.version)
         self.api_dir = os.path.join(self.src, "api")
         self.plugins_src = os.path.join(cache, "src", "dify-official-plugins")
-        self.ports = dict(PORTS)
+        self.ports = dict((name, port + port_offset) for name, port in PORTS.items())
         self.url = "http://127.0.0.1:%d" % self.ports["api"]
         self.public_url = PUBLIC_URL
         self.procs = {}
@@ -314,9 +320,9 @@ class RealDify(object):
             os.remove(pid_file)
 
     @classmethod
-    def stop_leftovers(cls, cache=CACHE):
+    def stop_leftovers(cls, cache=CACHE, run_dir=None):
         """Kill the process groups a previous run left behind (pids.json of the run dir)."""
-        pid_file = os.path.join(cache, "run", "pids.json")
+        pid_file = os.path.join(run_dir or os.path.join(cache, "run"), "pids.json")
         if not os.path.isfile(pid_file):
             return []
         with open(pid_file) as fh:
@@ -327,7 +333,7 @@ class RealDify(object):
 
     # ------------------------------------------------------------------ services
     def _fresh_run_dir(self):
-        self.stop_leftovers(self.cache)
+        self.stop_leftovers(self.cache, self.run_dir)
         for port_name, port in self.ports.items():
             if port_name != "sandbox_closed" and _port_open(port):
                 raise HarnessError("port %d (%s) is already in use: another real-Dify harness or test run is "
@@ -454,8 +460,9 @@ class RealDify(object):
                        "ctx_size": 512 * 4, "parallel": 4, "ubatch_size": 512},
         }
         for name, cfg in models.items():
+            # embedding is the CPU-heavy part of indexing: it may use both cores
             cfg = dict(cfg, model=os.path.join(self.models_dir, cfg["model"]), host="127.0.0.1",
-                       port=self.ports[name], threads=1)
+                       port=self.ports[name], threads=2 if name == "embedding" else 1)
             path = os.path.join(self.run_dir, "model-%s.json" % name)
             with open(path, "w") as fh:
                 json.dump(cfg, fh)
@@ -471,7 +478,7 @@ class RealDify(object):
                    "backend_url": "http://127.0.0.1:%d" % self.ports[name], "backend_model": models[name]["alias"],
                    "kind": name, "model_id": models[name]["alias"], "max_input_length": 512,
                    # rerank: Dify sends every candidate in one call (up to 2 x top_k per dataset)
-                   "max_client_batch_size": models[name]["parallel"] if name == "embedding" else 64,
+                   "max_client_batch_size": self.embedding_batch if name == "embedding" else 64,
                    "auto_truncate": True}
             path = os.path.join(self.run_dir, "tei-%s.json" % name)
             with open(path, "w") as fh:
@@ -592,11 +599,25 @@ class RealDify(object):
         self._wait("Dify api (%s) /health" % name, lambda: _http_get("http://127.0.0.1:%d/health" % port)[0] == 200,
                    timeout, [name])
 
-    def start_worker(self, env=None):
+    def start_worker(self, env=None, concurrency=None):
+        concurrency = concurrency or self.worker_concurrency
         self._spawn("worker", [os.path.join(self.api_venv, "bin", "celery"), "-A", "celery_entrypoint.celery",
-                               "worker", "-P", "gevent", "-c", "4", "--loglevel", "INFO",
+                               "worker", "-P", "gevent", "-c", str(concurrency), "--loglevel", "INFO",
                                "-Q", self._worker_queues(), "--prefetch-multiplier=1"],
                     env=env or self.api_env(), cwd=self.api_dir)
+
+    def restart_worker(self, concurrency):
+        """Replace the Celery worker by one with another concurrency (benchmarks)."""
+        proc = self.procs.pop("worker")
+        self.kill_groups([proc.pid])
+        proc.wait(timeout=30)
+        with open(os.path.join(self.run_dir, "worker.log"), "ab") as fh:
+            fh.write(b"\n== restarted with -c %d ==\n" % concurrency)
+        mark = os.path.getsize(os.path.join(self.run_dir, "worker.log"))
+        self.start_worker(concurrency=concurrency)
+        self._wait("Dify worker (-c %d)" % concurrency, lambda: b" ready." in open(
+            os.path.join(self.run_dir, "worker.log"), "rb").read()[mark:], 420, ["worker"])
+        self.worker_concurrency = concurrency
 
     def wait_worker(self, timeout=420):
         self._wait("Dify worker", lambda: b" ready." in self.tail("worker", 400).encode(), timeout, ["worker"])

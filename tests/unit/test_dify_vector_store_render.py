@@ -21,7 +21,15 @@ SECRETS = {name: f"generated-{name}-0123456789" for name in (
 
 
 def trusted(data):
-    return {k: trust_as_template(v) if isinstance(v, str) else v for k, v in data.items()}
+    def walk(value):
+        if isinstance(value, str):
+            return trust_as_template(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+    return {k: walk(v) for k, v in data.items()}
 
 
 def render(template, store):

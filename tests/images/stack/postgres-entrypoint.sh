@@ -1,8 +1,11 @@
 #!/bin/bash
-# Entrypoint of the test PostgreSQL image: first start initialises PGDATA with
-# POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB (like the upstream image), then
-# runs the server as the postgres user with the given `postgres ...` arguments.
+# Entrypoint of the test PostgreSQL image, with the upstream image's contract: `postgres ...`
+# (or only options) initialises PGDATA on first start with POSTGRES_USER / POSTGRES_PASSWORD /
+# POSTGRES_DB and runs the server as the postgres user; any other command (pg_dump, pg_restore,
+# psql, ... of the role's one-off client containers) is executed as it is.
 set -euo pipefail
+if [ "${1:0:1}" = "-" ]; then set -- postgres "$@"; fi
+if [ "${1:-postgres}" != postgres ]; then exec "$@"; fi
 if [ "${1:-}" = postgres ]; then shift; fi
 export PGDATA="${PGDATA:-/var/lib/postgresql/data}"
 user="${POSTGRES_USER:-postgres}"

@@ -87,7 +87,9 @@ def run_api():
         sys.exit(3)
     pg_connect(os.environ.get("DB_DATABASE", "dify")).close()
     listen = "%s:%s" % (os.environ.get("DIFY_BIND_ADDRESS", "0.0.0.0"), os.environ.get("DIFY_PORT", "5001"))
-    args = [sys.executable, "-m", "dify_standin", "--listen", listen, "--dsn", dsn(),
+    # the DSN holds DB_PASSWORD: through the environment, like Dify's api reads it, never argv
+    os.environ["DIFY_STANDIN_DSN"] = dsn()
+    args = [sys.executable, "-m", "dify_standin", "--listen", listen,
             "--version", os.environ.get("DIFY_STANDIN_VERSION", "0.0.0")]
     log("exec dify_standin (version %s)" % args[-1])
     os.execv(sys.executable, args)
