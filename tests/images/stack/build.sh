@@ -7,6 +7,8 @@
 #   dify-test/stack-squid:6         squid (ssrf_proxy)
 #   dify-test/dify-standin:<v>      the Dify STAND-IN (api/worker/beat), versions 1.15.0, 1.16.1, broken
 #   dify-test/dify-standin-{web,plugin-daemon,sandbox}:<v>   the same stand-in in its other roles
+#   dify-test/stack-host:debian13   the scenarios' systemd test host with Docker inside (not in the
+#                                   archive: it is the platform image)
 # and writes them into one archive (docker save) that the scenario hands to the
 # role as `dify_image_archives`. Images and archive carry the hash of their recipe
 # (this directory + tests/dify_standin), so a machine builds them once.
@@ -49,6 +51,15 @@ role_tag() {  # role image version
 
 hash=$infra_hash
 build dify-test/stack-postgres:17 Dockerfile.postgres "$here"
+# the test host: FROM the systemd image (not the base), hashed with its own recipe
+host_hash="$( (cd "$here" && cat Dockerfile.host; docker image inspect -f '{{.Id}}' dify-test/systemd:debian13) |
+              sha256sum | cut -c1-16)"
+if [ "$(docker image inspect -f '{{ index .Config.Labels "dify-test.recipe" }}' dify-test/stack-host:debian13 2>/dev/null || true)" \
+     != "$host_hash" ]; then
+  echo "== build dify-test/stack-host:debian13" >&2
+  docker build -q --network host --build-arg BASE=dify-test/systemd:debian13 --label "dify-test.recipe=$host_hash" \
+    -t dify-test/stack-host:debian13 -f "$here/Dockerfile.host" "$here" >/dev/null
+fi
 build dify-test/stack-redis:8 Dockerfile.redis "$here"
 build dify-test/stack-nginx:1 Dockerfile.nginx "$here"
 build dify-test/stack-squid:6 Dockerfile.squid "$here"
