@@ -7,9 +7,11 @@ version change) last.
 """
 
 import base64
+import json
 import os
 import stat
 import time
+import urllib.request
 
 import pytest
 
@@ -166,6 +168,36 @@ def test_document_is_indexed_retrieved_and_answered(real_dify, state):
     assert answer["answer"]  # the tiny LLM answers gibberish; retrieval is what is checked
     resources = answer["metadata"]["retriever_resources"]
     assert "zorblax.md" in [r["document_name"] for r in resources], resources
+
+
+WORDS = ("telescope mirror observatory constellation nebula galaxy spectrum photon detector calibration "
+         "aperture focal length wavelength infrared ultraviolet astronomer satellite orbit gravity comet "
+         "asteroid planet eclipse horizon latitude longitude azimuth altitude refraction diffraction").split()
+
+
+def test_a_chunk_longer_than_the_embedding_context_indexes_and_reranks(real_dify, state):
+    """Issue 12 item 5: one chunk of ~700 BERT tokens (the embedding and rerank models take 512) goes
+    through the real plugin path: the TEI-compatible fronts truncate instead of the server refusing it."""
+    client, key, ds = state["client"], state["ds_key"], state["ds"]
+    # under the 4000-character chunk size (one chunk), well over 512 BERT tokens (words and numbers)
+    text = "The quasar beacon kfx_longchunk " + " ".join("%s %d" % (WORDS[(i * 7) % len(WORDS)], i)
+                                                       for i in range(300)) + "."
+    created = client.service_request("POST", "/v1/datasets/%s/document/create-by-text" % ds["id"], key, body={
+        "name": "long-chunk.md", "text": text, "indexing_technique": "high_quality", "doc_form": "text_model",
+        "process_rule": {"mode": "custom", "rules": {"pre_processing_rules": [],
+                                                     "segmentation": {"separator": "\n\n\n", "max_tokens": 4000,
+                                                                      "chunk_overlap": 0}}}})
+    (status,) = wait_indexed(client, key, ds["id"], created["batch"])
+    assert status["indexing_status"] == "completed", status
+    assert status["total_segments"] == 1  # one chunk: longer than the models' context
+    hits = client.service_request("POST", "/v1/datasets/%s/retrieve" % ds["id"], key,
+                                  body={"query": "quasar beacon telescope mirror"}, safe=True)["records"]
+    assert "long-chunk.md" in [h["segment"]["document"]["name"] for h in hits], hits  # reranked, not refused
+    # and the chunk really is longer than the models' 512 tokens (llama.cpp's own tokenizer)
+    req = urllib.request.Request("http://127.0.0.1:%d/tokenize" % real_dify.ports["embedding"],
+                                 json.dumps({"content": text}).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert len(json.load(resp)["tokens"]) > 600
 
 
 def test_expired_access_token_mid_run_is_refreshed(real_dify, state):

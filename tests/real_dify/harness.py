@@ -328,7 +328,8 @@ class RealDify(object):
         with open(pid_file) as fh:
             pids = json.load(fh)
         cls.kill_groups(list(pids.values()))
-        os.remove(pid_file)
+        if os.path.exists(pid_file):  # the harness that wrote it may have removed it meanwhile
+            os.remove(pid_file)
         return sorted(pids)
 
     # ------------------------------------------------------------------ services
