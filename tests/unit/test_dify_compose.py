@@ -109,6 +109,16 @@ def test_every_setting_is_a_role_variable_with_an_argument_spec():
     assert [n for n in role_inputs if n not in DEFAULTS] == []
 
 
+def test_the_default_vector_store_is_pgvector():
+    """Everything of PostgreSQL, the vectors included, is backed up with pg_dump."""
+    assert DEFAULTS["dify_vector_store"] == "pgvector"
+    settings = settings_for(dify_vector_store=DEFAULTS["dify_vector_store"])
+    plan = dc.dify_compose_plan(settings)
+    assert plan["databases"][-1] == {"client": "pgvector", "database": "dify", "dump": "vector.dump"}
+    assert [a["name"] for a in plan["archives"]] == ["storage", "plugin_daemon"]
+    assert dc.dify_compose_env(settings, SECRETS)["VECTOR_STORE"] == "pgvector"
+
+
 def test_external_services_have_the_kubernetes_paths_shape():
     """One inventory serves both paths: the example inventories pass both filters' checks."""
     assert dc._helm.POSTGRES_KEYS == dify_helm.POSTGRES_KEYS

@@ -57,9 +57,15 @@ def settings_for(*group_vars, **overrides):
     settings.update(load(ROOT / "roles" / "dify_kubernetes" / "defaults" / "main.yml"))
     settings.update({"dify_external_postgres": {}, "dify_external_redis": {}, "dify_external_s3": {},
                      "dify_kubernetes_model_endpoints": []})
+    given = {}
     for path in group_vars:
-        settings.update(_devault(load(ROOT / path)))
-    settings.update(overrides)
+        given.update(_devault(load(ROOT / path)))
+    given.update(overrides)
+    settings.update(given)
+    # roles/dify_kubernetes/vars/main.yml: the chart bundles Weaviate only, so without a vector store
+    # chosen and without dify_external_postgres the dify role's default (pgvector) becomes weaviate
+    if "dify_vector_store" not in given and not settings["dify_external_postgres"]:
+        settings["dify_vector_store"] = "weaviate"
     return settings
 
 
