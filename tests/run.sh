@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test run: what `make test` and CI execute.
 #   tests/run.sh            everything: engine + images, lint, unit/integration, all scenarios
-#   tests/run.sh lint|unit|integration  one part (integration: against real Dify, tests/real_dify)
+#   tests/run.sh lint|unit|integration  one part (lint: yamllint, ansible-lint, role docs, ansible-test sanity;
+#                                        integration: against real Dify, tests/real_dify)
 #   tests/run.sh molecule [scenario...]   scenarios only (default: all)
 # Ends with one summary line: "summary: N passed, N failed[, N skipped]".
 # DIFY_TEST_KEEP_GOING=0 skips the scenarios when lint or unit tests failed (default 1: run them).
@@ -77,7 +78,32 @@ prepare_host() {
 }
 
 run_lint() {
-  yamllint -s . && ansible-lint --offline -q
+  yamllint -s . && ansible-lint --offline -q && python scripts/role-docs.py --check
+}
+
+# ansible-test sanity on the collection dify_gpu.dify. ansible-test wants the real path to end in
+# ansible_collections/<ns>/<name> (a symlink does not count) and reads its files from git, so the
+# collection's own files (plugins, meta, galaxy.yml, ...) are copied, working-tree state, to a
+# directory outside this repository. Each sanity test gets a venv from PyPI on first use
+# (cached under ~/.ansible/test); their pip bootstrap script comes from a host that may be
+# unreachable, so tests/sanity/get_pip.py (ensurepip + PyPI) stands in for it when absent.
+# SANITY_TESTS: extra ansible-test arguments (e.g. "--test pylint").
+run_sanity() {
+  local dir pipver cache
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/dify-sanity.XXXXXX") || return 1
+  local coll="$dir/ansible_collections/dify_gpu/dify"
+  mkdir -p "$coll"
+  git ls-files -co --exclude-standard -- galaxy.yml meta plugins LICENSE README.md CHANGELOG.md tests/sanity/ignore-*.txt |
+    while read -r f; do [[ -f $f ]] && cp --parents "$f" "$coll/"; done
+  pipver=$(python -c 'import os, re, ansible_test as t; print(re.search(r"pip=.([0-9.]+).", open(os.path.join(os.path.dirname(t.__file__), "_internal", "python_requirements.py")).read()).group(1))') || return 1
+  cache="$HOME/.ansible/test/cache/get_pip_${pipver//./_}.py"
+  [[ -f $cache ]] || { mkdir -p "$(dirname "$cache")" && cp tests/sanity/get_pip.py "$cache"; }
+  local rc
+  (cd "$coll" && ansible-test sanity --python "$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    --local --color no ${SANITY_TESTS:-})
+  rc=$?
+  rm -rf "$dir"
+  return $rc
 }
 
 pytest_dir() {  # dir: fail when nothing was collected
@@ -148,6 +174,7 @@ case "$what" in
   all)
     step host-prepare prepare_host
     step lint run_lint
+    step sanity run_sanity
     step unit run_unit
     if [[ ${DIFY_TEST_PARALLEL:-1} == 1 ]]; then
       step_background integration run_integration
@@ -159,7 +186,7 @@ case "$what" in
     fi
     wait_background
     ;;
-  lint) step lint run_lint ;;
+  lint) step lint run_lint; step sanity run_sanity ;;
   unit) step unit run_unit ;;
   integration) step integration run_integration ;;
   molecule)

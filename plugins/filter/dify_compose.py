@@ -143,7 +143,7 @@ def dify_compose_plan(settings):
     data_services = (["db_postgres"] if pg is None else []) + (["redis"] if redis is None else [])
     data_services += [store] if vector_local else []
     app = ["api"] + (["api_websocket"] if collaboration else []) + ["worker", "worker_beat", "web",
-                                                                  "sandbox", "plugin_daemon", "ssrf_proxy", "nginx"]
+                                                                    "sandbox", "plugin_daemon", "ssrf_proxy", "nginx"]
     data_dirs = (["db/data"] if pg is None else []) + (["redis/data"] if redis is None else [])
     data_dirs += ["plugin_daemon", "sandbox/dependencies", "sandbox/conf"]
     if vector_local:
@@ -236,7 +236,7 @@ def _endpoints(ext):
     if redis is not None:
         if redis["sentinels"]:
             for index, sentinel in enumerate(redis["sentinels"]):
-                host, _, port = sentinel.rpartition(":")
+                host, _sep, port = sentinel.rpartition(":")
                 out.append({"variable": "dify_external_redis.sentinels[%d]" % index, "host": host, "port": int(port)})
         else:
             out.append({"variable": "dify_external_redis", "host": redis["host"], "port": redis["port"]})
@@ -463,7 +463,7 @@ def dify_compose_clients(settings, secrets):
     The stack's own services are reached on the project's network by their service names;
     external ones on the host's network, as the preflight reached them.
     """
-    _, infra = _images(settings)
+    _dify_images, infra = _images(settings)
     ext = _external(settings)
     pg, redis = ext["postgres"], ext["redis"]
     secrets = _helm._as_dict(secrets, "secrets")
@@ -546,7 +546,9 @@ def dify_compose_env(settings, secrets):
     timeout = _int(settings, "dify_proxy_timeout_s", 1)
     debug_port = _int(settings, "dify_plugin_debugging_port", 0)
     tuned = _tuned(settings)
-    lower = lambda name: str(_bool(settings, name)).lower()  # noqa: E731
+
+    def lower(name):
+        return str(_bool(settings, name)).lower()
 
     env = {
         "COMPOSE_PROFILES": ",".join(plan["profiles"]),

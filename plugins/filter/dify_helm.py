@@ -231,12 +231,10 @@ def _lookup(tree, path):
 def _leaves(tree, path=()):
     if isinstance(tree, dict):
         for key, value in tree.items():
-            for item in _leaves(value, path + (str(key),)):
-                yield item
+            yield from _leaves(value, path + (str(key),))
     elif isinstance(tree, list):
         for index, value in enumerate(tree):
-            for item in _leaves(value, path + (str(index),)):
-                yield item
+            yield from _leaves(value, path + (str(index),))
     else:
         yield path, tree
 
@@ -337,7 +335,7 @@ def _redis(settings):
     _unknown_keys(redis, REDIS_KEYS, name)
     sentinels = redis.get("sentinels") or []
     if not isinstance(sentinels, list) or not all(isinstance(s, str) and re.match(r"^[^:\s]+:\d+$", s)
-                                                   for s in sentinels):
+                                                  for s in sentinels):
         _fail("%s.sentinels must be a list of host:port strings, got %r" % (name, sentinels))
     if not sentinels and not (isinstance(redis.get("host"), str) and redis["host"].strip()):
         _fail("%s.host is required (or %s.sentinels for Redis Sentinel)" % (name, name))
@@ -514,7 +512,7 @@ def dify_helm_values(settings, secrets):
     if server_workers is not None:
         api_env.append(("SERVER_WORKER_AMOUNT", _as_int(server_workers, "dify_server_worker_amount", 1)))
     worker_env = list(common) + [("CELERY_AUTO_SCALE", str(_as_bool(_get(settings, "dify_celery_auto_scale"),
-                                                                     "dify_celery_auto_scale")).lower())]
+                                                                    "dify_celery_auto_scale")).lower())]
     if celery_workers is not None:
         worker_env.append(("CELERY_WORKER_AMOUNT", _as_int(celery_workers, "dify_celery_worker_amount", 1)))
     extra = [(str(k), "" if v is None else (str(v).lower() if isinstance(v, bool) else v))
@@ -661,7 +659,7 @@ def dify_helm_values(settings, secrets):
         }
     else:
         weaviate_image = image_ref(infra["weaviate"], "dify_infra_images.weaviate")
-        registry, _, repo = weaviate_image["repository"].partition("/")
+        registry, _sep, repo = weaviate_image["repository"].partition("/")
         if "." not in registry and ":" not in registry and registry != "localhost":
             registry, repo = "docker.io", weaviate_image["repository"]
         user = "dify@localhost"

@@ -94,7 +94,7 @@ def nvidia_branch_of(version):
 def _entry(value, name):
     """Normalise one model_servers_images entry to {image, digest, cuda, declared}."""
     if isinstance(value, str):
-        image, _, digest = value.partition("@")
+        image, _sep, digest = value.partition("@")
         entry = {"image": image, "digest": digest, "cuda": None, "declared": False}
     elif isinstance(value, dict) and isinstance(value.get("image"), str):
         unknown = set(value) - {"image", "digest", "cuda"}

@@ -505,7 +505,7 @@ def model_servers_front_config(s, settings=None):
         "port": s["port"],
         "backend": s["backend"],
         "backend_url": "http://%s:%d%s" % (s["backend_url_host"], s["backend_port"],
-                                          "/v1" if s["backend"] == "infinity" else ""),
+                                           "/v1" if s["backend"] == "infinity" else ""),
         "backend_model": s["served_name"],
         "kind": s["kind"],
         "model_id": s["served_name"],

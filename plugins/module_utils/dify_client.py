@@ -39,12 +39,9 @@ import re
 import socket
 import time
 
-try:
-    from urllib.error import HTTPError, URLError
-    from urllib.parse import quote, urlencode
-    from http.client import HTTPException
-except ImportError:  # pragma: no cover - Python 2 is not supported
-    HTTPError = URLError = HTTPException = Exception
+from http.client import HTTPException
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlencode
 
 from ansible.module_utils.urls import Request, open_url
 
@@ -126,7 +123,7 @@ def check_version(ver):
     if ver < MIN_VERSION:
         raise DifyUnsupportedVersion(
             "Dify %s is not supported: need >= %s (cookie + CSRF login)." % (version_str(ver),
-                                                                               version_str(MIN_VERSION)))
+                                                                             version_str(MIN_VERSION)))
 
 
 class DifyError(Exception):
@@ -178,7 +175,6 @@ def error_fields(data):
     elif data:
         message = str(data)[:300]
     return code, ("%s" % (message,) if message else None)
-
 
 
 def _error_from(method, path, status, data):
@@ -251,8 +247,8 @@ class DifyClient(object):
         if isinstance(values, str):
             values = [values]
         for raw in values or []:
-            first, _, attrs = raw.partition(";")
-            name, _, value = first.strip().partition("=")
+            first, _sep, attrs = raw.partition(";")
+            name, _sep, value = first.strip().partition("=")
             expired = re.search(r"max-age=0\b", attrs, re.I) or not value
             if expired:
                 self.cookies.pop(name, None)
@@ -332,7 +328,7 @@ class DifyClient(object):
         self._version_checked = True
         try:
             # optional: Dify's nginx does not route /health, so a 404 (or 502 from web) is normal
-            status, _, data = self.raw("GET", "/health", send_cookies=False, retry_statuses=())
+            status, _headers, data = self.raw("GET", "/health", send_cookies=False, retry_statuses=())
         except DifyError:
             status, data = None, None
         if status == 200 and isinstance(data, dict) and data.get("version"):
@@ -361,10 +357,10 @@ class DifyClient(object):
             if name.replace("__Host-", "") in COOKIE_NAMES:
                 del self.cookies[name]
         # a login creates nothing: safe to repeat on a 5xx (never on a 401, which counts as a failure)
-        status, _, data = self.raw("POST", path, body={"email": self.email,
-                                                       "password": self.encode_password(self.password),
-                                                       "remember_me": True},
-                                   retry_statuses=SERVER_ERRORS, safe=True)
+        status, _headers, data = self.raw("POST", path, body={"email": self.email,
+                                                              "password": self.encode_password(self.password),
+                                                              "remember_me": True},
+                                          retry_statuses=SERVER_ERRORS, safe=True)
         if status == 200:
             if isinstance(data, dict) and isinstance(data.get("data"), dict) and "access_token" in data["data"]:
                 raise DifyUnsupportedVersion(
@@ -391,7 +387,7 @@ class DifyClient(object):
     def refresh(self):
         if not self._cookie("refresh_token"):
             return False
-        status, _, _ = self.raw("POST", CONSOLE + "/refresh-token", retry_statuses=SERVER_ERRORS, safe=True)
+        status, _headers, _data = self.raw("POST", CONSOLE + "/refresh-token", retry_statuses=SERVER_ERRORS, safe=True)
         return status == 200 and bool(self._cookie("access_token"))
 
     def _auth_headers(self):
@@ -425,8 +421,8 @@ class DifyClient(object):
             headers = self._auth_headers() if auth else {}
             if content_type:
                 headers["Content-Type"] = content_type
-            status, _, parsed = self.raw(method, path, body=body, query=query, headers=headers, data=data,
-                                         send_cookies=not self.api_key, safe=safe)
+            status, _headers, parsed = self.raw(method, path, body=body, query=query, headers=headers, data=data,
+                                                send_cookies=not self.api_key, safe=safe)
             if status == 401 and auth and not self.api_key and attempt == 0:
                 if not self.refresh():
                     self.login()
@@ -456,8 +452,8 @@ class DifyClient(object):
     def service_request(self, method, path, api_key, body=None, query=None, landed=None, safe=None):
         """A service API call (/v1/...) with a dataset- or app- key; ``landed``/``safe`` as for request()."""
         def send():
-            status, _, parsed = self.raw(method, path, body=body, query=query, send_cookies=False,
-                                         headers={"Authorization": "Bearer %s" % api_key}, safe=safe)
+            status, _headers, parsed = self.raw(method, path, body=body, query=query, send_cookies=False,
+                                                headers={"Authorization": "Bearer %s" % api_key}, safe=safe)
             if not 200 <= status < 300:
                 raise _error_from(method, path, status, parsed)
             return parsed if parsed is not None else {}
@@ -505,5 +501,3 @@ def run_module(module, func):
     except DifyError as err:
         module.fail_json(msg=err.msg, status=err.status, code=err.code)
     module.exit_json(**result)
-
-

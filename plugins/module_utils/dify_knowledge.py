@@ -687,7 +687,7 @@ def build_documents(sources, settings):
                 if len(ex) < 5:
                     ex.append(fd.path)
                 continue
-            for doc, _ in docs:
+            for doc, _state in docs:
                 if doc.name in desired.files:
                     raise KnowledgeInputError("%s: %s and %s would both be named %r in Dify" % (
                         src["option"], desired.files[doc.name].path, fd.path, doc.name))
@@ -763,9 +763,9 @@ class Plan(object):
 
     def diff_lines(self):
         lines = []
-        for d, _ in self.add:
+        for d, _state in self.add:
             lines.append("+ %s" % d.name)
-        for d, _ in self.update + self.retry + self.replace:
+        for d, _state in self.update + self.retry + self.replace:
             lines.append("~ %s" % d.name)
         for e in self.remove:
             lines.append("- %s" % e.get("name"))
@@ -1107,7 +1107,7 @@ def run_to_completion(backend, check_mode=False, wait=True, wait_timeout=3600, p
             if progress.pending:
                 timed_out = True
                 break
-            for _ in range(3):  # segment counts of documents that finished between polls
+            for _attempt in range(3):  # segment counts of documents that finished between polls
                 todo = progress.backfill()
                 if not todo:
                     break
@@ -1154,7 +1154,7 @@ def run_to_completion(backend, check_mode=False, wait=True, wait_timeout=3600, p
                     "again and resubmits nothing)" % (len(result["still_indexing"]), wait_timeout))
     if result["busy"] and wait and not check_mode:
         soft.append("%d document(s) still busy in Dify after %d pass(es), not resubmitted" % (len(result["busy"]),
-                                                                                             passes))
+                                                                                              passes))
     if result["blocked"]:
         soft.append("%d document(s) blocked: %s" % (len(result["blocked"]), "; ".join(
             "%s (%s)" % (b.get("name"), b.get("reason")) for b in result["blocked"][:5])))

@@ -30,8 +30,8 @@ __metaclass__ = type
 import threading
 import time
 
-from ansible.module_utils.dify_client import CONSOLE, IDEMPOTENT_METHODS, DifyClient, DifyError, error_fields
-from ansible.module_utils.dify_knowledge import (
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import CONSOLE, IDEMPOTENT_METHODS, DifyClient, DifyError, error_fields
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_knowledge import (
     FIELD_HASH, FIELD_PATH, FIELD_REVISION, FIELD_URL, METADATA_FIELDS, QUERY_MAX, TERMINAL,
     KnowledgeInputError, build_documents, doc_state, make_plan, request_envelope,
 )
@@ -312,8 +312,8 @@ class KnowledgeSync(object):
             "warnings": [],
         }
         if self.check_mode:
-            result["would"] = {"add": [d.name for d, _ in plan.add],
-                               "update": [d.name for d, _ in plan.update + plan.retry + plan.replace],
+            result["would"] = {"add": [d.name for d, _state in plan.add],
+                               "update": [d.name for d, _state in plan.update + plan.retry + plan.replace],
                                "remove": [e.get("name") for e in plan.remove]}
             return result
         for e in plan.pending:
@@ -387,8 +387,8 @@ class KnowledgeSync(object):
 
         def fail(action, name, path, err, stage="submit"):
             record("failed_documents", {"name": name, "path": path, "action": action, "stage": stage,
-                              "status": getattr(err, "status", None), "code": getattr(err, "code", None),
-                              "error": _short(err)})
+                                        "status": getattr(err, "status", None), "code": getattr(err, "code", None),
+                                        "error": _short(err)})
 
         def defer(action, name, doc_id, err):
             with lock:
@@ -516,9 +516,9 @@ class KnowledgeSync(object):
             for (doc_id, doc, fd), err in res:
                 result["failed_documents"].append({"name": doc.name, "path": fd.path, "action": "metadata",
                                                    "stage": "metadata",
-                                         "status": getattr(err, "status", None), "code": getattr(err, "code", None),
-                                         "error": "content written, but its hash was not stored (the next run uploads "
-                                                  "it again): %s" % _short(err)})
+                                                   "status": getattr(err, "status", None), "code": getattr(err, "code", None),
+                                                   "error": "content written, but its hash was not stored (the next run "
+                                                            "uploads it again): %s" % _short(err)})
 
     # ---------------------------------------------------------------- status
     def status(self, watch):
@@ -581,7 +581,7 @@ class KnowledgeSync(object):
             fetched = run_parallel(lambda t: from_batch(t[1]) if t[1].get("batch") else (
                 from_detail(t[1]) if t[0] else None), picked, self.concurrency)
             by_id = dict((o["id"], o) for o in out)
-            for (_, w, st), res in zip(picked, fetched):
+            for (_doc, w, st), res in zip(picked, fetched):
                 if isinstance(res, Exception) or res is None:
                     continue
                 by_id[w["id"]].update(res)

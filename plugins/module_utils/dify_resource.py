@@ -50,7 +50,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible.module_utils.dify_client import CONSOLE, run_module
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import CONSOLE, run_module
 
 
 class Finished(Exception):
@@ -200,8 +200,7 @@ def iter_pages(fetch):
     page = 1
     while True:
         items, more = fetch(page)
-        for item in items:
-            yield item
+        yield from items
         if not more:
             return
         page += 1

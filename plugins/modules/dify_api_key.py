@@ -15,7 +15,7 @@ description:
     O(reuse_existing)) the oldest existing key, else a new key (C(POST)). So repeated runs do not create keys.
   - O(rotate=true) creates a new key and deletes every other key of the resource.
   - state=absent deletes O(token), or every key of the resource when O(token) is not given.
-extends_documentation_fragment: [dify, dify.attributes]
+extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
     support: full
@@ -55,7 +55,7 @@ options:
 notes:
   - Register the result in a task with C(no_log) set, it holds the key.
   - When O(token) is returned unchanged, Ansible masks it in the result (it is a no_log input); use the value you passed.
-author: Dify deployment project
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -86,8 +86,8 @@ key_id:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
-from ansible.module_utils.dify_resource import DifyResource, apps_named, run_resource
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_resource import DifyResource, apps_named, run_resource
 
 LIMIT = 10  # API keys per app, and dataset keys per workspace (Dify's limit)
 
@@ -147,7 +147,8 @@ class ApiKey(DifyResource):
         self.result["token_source"] = "created"
         return {"keys": n}, {"keys": 1 if self.params["rotate"] else n + 1}
 
-    def diff_delete(self, doomed):
+    def diff_delete(self, found):
+        doomed = found
         self.result["deleted"] = len(doomed)
         return {"keys": len(self.keys)}, {"keys": len(self.keys) - len(doomed)}
 
@@ -166,11 +167,13 @@ class ApiKey(DifyResource):
             self.result["deleted"] = len(keys)
         return new
 
-    def delete(self, doomed):
+    def delete(self, found):
+        doomed = found
         for key in doomed:
             self.client.request("DELETE", "%s/%s" % (self.path, key["id"]))
 
-    def returns(self, key):
+    def returns(self, resource):
+        key = resource
         if not key or self.params["state"] == "absent":
             return {}
         return {"token": key["token"], "key_id": key["id"]}

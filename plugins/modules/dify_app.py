@@ -16,7 +16,7 @@ description:
     configuration -- model, prompt, opening statement, attached datasets and their retrieval settings --
     with C(POST /console/api/apps/{id}/model-config) when they differ; deletes it with state=absent.
   - Returns the web app URL (C(site.app_base_url)/chat/C(site.access_token)).
-extends_documentation_fragment: [dify, dify.attributes]
+extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
     support: full
@@ -93,7 +93,7 @@ options:
     type: str
     choices: [present, absent]
     default: present
-author: Dify deployment project
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -125,8 +125,8 @@ api_base_url:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
-from ansible.module_utils.dify_resource import DifyResource, apps_named, changed_keys, run_resource
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_resource import DifyResource, apps_named, changed_keys, run_resource
 
 INFO = ("description", "icon", "icon_background")  # set with PUT /apps/{id}; the rest with model-config
 
@@ -245,7 +245,8 @@ class App(DifyResource):
     def wanted(self):
         return dict(self.info(), name=self.params["name"], **wanted_summary(self.params))
 
-    def view(self, app):
+    def view(self, found):
+        app = found
         return dict(info_summary(app), name=app.get("name"), **config_summary(app.get("model_config")))
 
     def compare(self, have, want):
@@ -271,7 +272,8 @@ class App(DifyResource):
         client.request("POST", CONSOLE + "/apps/%s/model-config" % app["id"], body=model_config(p), safe=True)
         return client.request("GET", CONSOLE + "/apps/%s" % app["id"])
 
-    def update(self, app, want, changes):
+    def update(self, found, want, changes):
+        app = found
         p, client = self.params, self.client
         if any(k in INFO for k in changes):
             client.request("PUT", CONSOLE + "/apps/%s" % app["id"], body=dict(
@@ -283,7 +285,8 @@ class App(DifyResource):
     def delete(self, found):
         self.client.request("DELETE", CONSOLE + "/apps/%s" % found["id"])
 
-    def returns(self, app):
+    def returns(self, resource):
+        app = resource
         if not app:
             return {"app_id": ""}
         if self.params["state"] == "absent":  # check mode: the app still exists

@@ -16,7 +16,7 @@ description:
     or deletes it (C(DELETE /v1/datasets/{id})).
   - Without O(dataset_api_key) the module logs in to the console and uses the workspace's first dataset key,
     creating one when there is none.
-extends_documentation_fragment: [dify, dify.attributes]
+extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
     support: full
@@ -35,7 +35,7 @@ options:
     type: str
     default: ''
   dataset_api_key:
-    description: A workspace dataset API key (C(dataset-...)); see M(dify_api_key) with O(dify_api_key#module:kind=dataset).
+    description: A workspace dataset API key (C(dataset-...)); see M(dify_gpu.dify.dify_api_key) with O(dify_gpu.dify.dify_api_key#module:kind=dataset).
     type: str
   indexing_technique:
     description: C(high_quality) (embeddings) or C(economy) (keywords only).
@@ -71,7 +71,7 @@ options:
     type: str
     choices: [present, absent]
     default: present
-author: Dify deployment project
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -100,8 +100,8 @@ id:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import CONSOLE, dify_argument_spec, dify_module_kwargs
-from ansible.module_utils.dify_resource import DifyResource, iter_pages, run_resource
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import CONSOLE, dify_argument_spec, dify_module_kwargs
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_resource import DifyResource, iter_pages, run_resource
 
 NAME_MAX = 40
 
@@ -222,7 +222,8 @@ class Dataset(DifyResource):
     def delete(self, found):
         self.client.service_request("DELETE", "/v1/datasets/%s" % found["id"], self.key)
 
-    def returns(self, dataset):
+    def returns(self, resource):
+        dataset = resource
         if not dataset or self.params["state"] == "absent":
             return {}
         return {"dataset": dataset, "id": (self.found or dataset).get("id", "")}
@@ -247,7 +248,7 @@ def main():
     )
     kwargs = dify_module_kwargs()
     kwargs["required_together"] = kwargs["required_together"] + [("reranking_model", "reranking_provider"),
-                                                                  ("embedding_model", "embedding_model_provider")]
+                                                                 ("embedding_model", "embedding_model_provider")]
     module = AnsibleModule(argument_spec=spec, **kwargs)
     p = module.params
     if not 1 <= len(p["name"]) <= NAME_MAX:

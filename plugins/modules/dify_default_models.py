@@ -12,7 +12,7 @@ short_description: Set the workspace's default models in Dify
 description:
   - Reads C(GET /console/api/workspaces/current/default-model?model_type=...) for every listed type and sets
     the ones that differ with C(POST /console/api/workspaces/current/default-model).
-extends_documentation_fragment: [dify, dify.attributes]
+extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
     support: full
@@ -38,7 +38,7 @@ options:
         description: Model name as registered in Dify.
         type: str
         required: true
-author: Dify deployment project
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -60,8 +60,8 @@ defaults:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import CONSOLE, MODEL_TYPES, dify_argument_spec, dify_module_kwargs
-from ansible.module_utils.dify_resource import DifyResource, run_resource
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import CONSOLE, MODEL_TYPES, dify_argument_spec, dify_module_kwargs
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_resource import DifyResource, run_resource
 
 PATH = CONSOLE + "/workspaces/current/default-model"
 
@@ -84,14 +84,16 @@ class DefaultModels(DifyResource):
     def wanted(self):
         return dict((m["model_type"], "%s/%s" % (m["provider"], m["model"])) for m in self.params["models"])
 
-    def update(self, current, want, changes):
+    def update(self, found, want, changes):
+        current = found
         todo = [{"model_type": m["model_type"], "provider": m["provider"], "model": m["model"]}
                 for m in self.params["models"] if m["model_type"] in changes]
         # setting defaults is idempotent: safe to repeat
         self.client.request("POST", PATH, body={"model_settings": todo}, safe=True)
         return want
 
-    def returns(self, defaults):
+    def returns(self, resource):
+        defaults = resource
         return {"defaults": defaults}
 
 

@@ -19,17 +19,17 @@ description:
     file removes its document (O(prune)). A renamed file is a removal plus an addition.
   - A document Dify is still indexing is never resubmitted. It is reported as busy and synced once Dify has
     finished with it.
-  - The M(dify_documents) action plugin (plugins/action/dify_documents.py) runs this module several times.
+  - The M(dify_gpu.dify.dify_documents) action plugin (plugins/action/dify_documents.py) runs this module several times.
     It plans and submits (phase C(sync), in time slices of O(submit_budget) seconds so the output moves), then
     short read-only C(status) runs that it turns into progress lines (documents and segments done,
     rate, ETA) until every document is C(completed) or C(error), or O(wait_timeout) passes. After that
     it runs a re-sync of the documents that were busy and the retrieval check (phase C(verify)).
   - Uses Dify's service API with a knowledge (dataset) API key. Without O(dataset_api_key) the module logs in
     to the console and uses the workspace's first knowledge key.
-extends_documentation_fragment: [dify]
+extends_documentation_fragment: [dify_gpu.dify.dify]
 options:
   dataset:
-    description: Name of the knowledge base. It must exist (see M(dify_dataset)).
+    description: Name of the knowledge base. It must exist (see M(dify_gpu.dify.dify_dataset)).
     type: str
   dataset_id:
     description: Id of the knowledge base; when set, O(dataset) is not looked up.
@@ -190,7 +190,7 @@ notes:
   - Check mode plans without any write (not even the metadata fields).
   - C(--diff) lists the document names with C(+) (add), C(~) (update), C(-) (remove) and C(?) (busy).
   - Runs on the host that holds the source folders and reaches O(url).
-author: Dify deployment project
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -265,9 +265,9 @@ documents:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import DifyClient, DifyError, dify_argument_spec
-from ansible.module_utils.dify_knowledge import QUERY_MAX, KnowledgeInputError, sync_settings
-from ansible.module_utils.dify_knowledge_api import KnowledgeApiError, KnowledgeSync, ServiceApi, dataset_api_key
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import DifyClient, DifyError, dify_argument_spec
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_knowledge import QUERY_MAX, KnowledgeInputError, sync_settings
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_knowledge_api import KnowledgeApiError, KnowledgeSync, ServiceApi, dataset_api_key
 
 SOURCE_SPEC = dict(
     path=dict(type="path", required=True),
@@ -303,7 +303,7 @@ def argument_spec():
         wait_timeout=dict(type="int", default=3600),
         poll_interval=dict(type="int", default=15),
         submit_budget=dict(type="int", default=0),
-        max_passes=dict(type="int", default=3),
+        max_passes=dict(type="int", default=3, no_log=False),
         tolerate_failures=dict(type="bool", default=False),
         retrieval_query=dict(type="str"),
         retrieval_min_records=dict(type="int", default=1),

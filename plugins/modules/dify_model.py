@@ -18,7 +18,7 @@ description:
   - Before any write the credentials are checked against the provider's schema for the model type
     (C(GET /console/api/workspaces/current/model-providers)); Dify silently drops fields its schema lacks and
     refuses to save without its required fields (even those with a default), so both fail here, naming them.
-extends_documentation_fragment: [dify, dify.attributes]
+extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
     support: full
@@ -60,8 +60,8 @@ options:
     choices: [present, absent]
     default: present
 notes:
-  - The plugin of the provider must be installed (M(dify_plugin)).
-author: Dify deployment project
+  - The plugin of the provider must be installed (M(dify_gpu.dify.dify_plugin)).
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -88,10 +88,10 @@ credential_id:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import (
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import (
     CONSOLE, MODEL_TYPES, DifyError, dify_argument_spec, dify_module_kwargs, provider_path, secret_matches,
 )
-from ansible.module_utils.dify_resource import DifyResource, run_resource
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_resource import DifyResource, run_resource
 
 
 def masked(creds, secret_keys):
@@ -185,7 +185,8 @@ class Model(DifyResource):
     def wanted(self):
         return dict(self.params["credentials"], **self.params["secret_credentials"])
 
-    def view(self, current):
+    def view(self, found):
+        current = found
         return current.get("credentials") or {}
 
     def compare(self, have, want):
@@ -205,7 +206,8 @@ class Model(DifyResource):
         return (dict(self.ident, credentials=masked(have, self.secret_keys)),
                 dict(self.ident, credentials=masked(want, self.secret_keys)))
 
-    def diff_delete(self, current):
+    def diff_delete(self, found):
+        current = found
         return dict(self.ident, registered=True), dict(self.ident, registered=False)
 
     def body(self, want):
@@ -220,16 +222,19 @@ class Model(DifyResource):
             client.request("GET", path + "/credentials", query=ident) or {}).get("current_credential_id"))
         return client.request("GET", path + "/credentials", query=ident)
 
-    def update(self, current, want, changes):
+    def update(self, found, want, changes):
+        current = found
         body = self.body(want)
         body["credential_id"] = current["current_credential_id"]
         self.client.request("PUT", self.path + "/credentials", body=body)
         return None
 
-    def delete(self, current):
+    def delete(self, found):
+        current = found
         self.client.request("DELETE", self.path, body=self.ident)
 
-    def returns(self, current):
+    def returns(self, resource):
+        current = resource
         return {"credential_id": (current or {}).get("current_credential_id") or ""}
 
 

@@ -14,7 +14,7 @@ description:
   - Installs the marketplace's latest version (C(POST .../list/latest-versions) then C(.../install/marketplace)),
     or, with O(package_path), uploads a C(.difypkg) from the managed host (C(.../upload/pkg), C(.../install/pkg)).
   - Polls the install task (pending, running, success or failed) until it ends or O(wait_timeout) passes.
-extends_documentation_fragment: [dify, dify.attributes]
+extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
     support: full
@@ -38,7 +38,7 @@ options:
       - An installed plugin of another version is moved to this one. From the marketplace Dify upgrades it in
         place (C(.../upgrade/marketplace)). Dify 1.15.0 has no in-place upgrade for an uploaded package, so
         the module does what Dify's own web UI does -- uninstall, then install the new package; Dify then
-        deletes the plugin's provider-level credentials (custom models keep theirs), which M(dify_model)
+        deletes the plugin's provider-level credentials (custom models keep theirs), which M(dify_gpu.dify.dify_model)
         registers again.
       - From the marketplace only its latest version can be installed; use O(package_path) to pin.
     type: str
@@ -53,7 +53,7 @@ options:
     description: Seconds between two polls of the install task.
     type: float
     default: 2.0
-author: Dify deployment project
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -90,8 +90,8 @@ import time
 import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
-from ansible.module_utils.dify_resource import DifyResource, iter_pages, run_resource
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import CONSOLE, DifyError, dify_argument_spec, dify_module_kwargs
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_resource import DifyResource, iter_pages, run_resource
 
 PLUGIN = CONSOLE + "/workspaces/current/plugin"
 
@@ -170,7 +170,10 @@ def run_task(module, client, path, body, landed):
 def install(module, client):
     """A fresh install; returns the task id."""
     p = module.params
-    found_now = lambda: find_plugin(client, p["plugin_id"]) and {}  # noqa: E731 - a lost POST that landed
+
+    def found_now():  # a lost POST that landed
+        return find_plugin(client, p["plugin_id"]) and {}
+
     if p["package_path"]:
         uid = upload_package(module, client)
         return run_task(module, client, PLUGIN + "/install/pkg", {"plugin_unique_identifiers": [uid]}, found_now)
@@ -211,7 +214,7 @@ def wanted_version(module):
         have = package_version(p["package_path"])
         if p["version"] and p["version"] != have:
             raise DifyError("package_path: %s holds version %s, not version %s" % (p["package_path"], have,
-                                                                                  p["version"]))
+                                                                                   p["version"]))
         return have
     return p["version"]
 
@@ -269,7 +272,8 @@ class Plugin(DifyResource):
     def delete(self, found):
         self.client.request("POST", PLUGIN + "/uninstall", body={"plugin_installation_id": found["installation_id"]})
 
-    def returns(self, plugin):
+    def returns(self, resource):
+        plugin = resource
         return {"plugin": plugin or {}}
 
 

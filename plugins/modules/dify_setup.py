@@ -16,7 +16,7 @@ description:
     is not given.
   - Reports C(changed=false) when Dify is already set up, and then (by default) proves the credentials by logging in.
   - Inputs are validated before any HTTP call.
-extends_documentation_fragment: [dify, dify.attributes]
+extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
     support: full
@@ -25,6 +25,15 @@ attributes:
   diff_mode:
     support: full
 options:
+  admin_email:
+    description: Email of the admin account to create, and to log in with.
+    type: str
+    required: true
+  admin_password:
+    description:
+      - Password of that account (8 or more characters with a letter and a digit). Sent base64-encoded (Dify >= 1.11.2).
+    type: str
+    required: true
   admin_name:
     description: Display name of the admin (1 to 30 characters).
     type: str
@@ -42,7 +51,7 @@ options:
     default: true
 notes:
   - O(admin_email) and O(admin_password) are required; the password needs 8 or more characters with a letter and a digit.
-author: Dify deployment project
+author: dify-gpu-ansible contributors (@dify-gpu-ansible)
 """
 
 EXAMPLES = r"""
@@ -76,10 +85,10 @@ workspace_name:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dify_client import (
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client import (
     CONSOLE, EMAIL_RE, PASSWORD_RE, DifyClient, DifyError, dify_argument_spec, version_str,
 )
-from ansible.module_utils.dify_resource import DifyResource
+from ansible_collections.dify_gpu.dify.plugins.module_utils.dify_resource import DifyResource
 
 
 INIT_PASSWORD_MISSING = ("this Dify was started with INIT_PASSWORD and has no admin yet: pass that password "
@@ -132,7 +141,8 @@ class Setup(DifyResource):
         self.result["msg"] = "Dify admin account created"
         return {"setup": "finished"}
 
-    def returns(self, done):
+    def returns(self, resource):
+        done = resource
         if done is None or not self.params["verify_login"] or self.check_mode:
             return {}
         self.client.login()

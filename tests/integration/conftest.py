@@ -18,10 +18,21 @@ if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 MODULE_UTILS = os.path.join(ROOT, "plugins", "module_utils")
 
+COLLECTIONS = os.path.join(ROOT, "collections")  # ansible_collections/dify_gpu/dify -> the repository
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
+
+import importlib  # noqa: E402
+
 import ansible.module_utils  # noqa: E402
 
-if MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(MODULE_UTILS)
+# The modules import their module_utils as the collection dify_gpu.dify
+# (ansible_collections.dify_gpu.dify.plugins.module_utils.*); the tests' older name
+# ansible.module_utils.<name> is the SAME module object (one DifyError class, one patch target).
+for _name in ("dify_client", "dify_knowledge", "dify_knowledge_api", "dify_resource"):
+    _mod = importlib.import_module("ansible_collections.dify_gpu.dify.plugins.module_utils." + _name)
+    sys.modules["ansible.module_utils." + _name] = _mod
+    setattr(ansible.module_utils, _name, _mod)
 
 from real_dify.harness import RealDify  # noqa: E402
 
@@ -105,6 +116,7 @@ def _envvars(tmp):
         "ANSIBLE_MODULE_UTILS": os.path.join(ROOT, "plugins", "module_utils"),
         "ANSIBLE_FILTER_PLUGINS": os.path.join(ROOT, "plugins", "filter"),
         "ANSIBLE_ACTION_PLUGINS": os.path.join(ROOT, "plugins", "action"),
+        "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, "collections"),
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_PIPELINING": "True",

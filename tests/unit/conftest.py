@@ -1,7 +1,8 @@
 """pytest setup for the unit tests.
 
-* ``ansible.module_utils.dify_client`` resolves to plugins/module_utils/dify_client.py
-  (ansible.cfg's ``module_utils`` path does the same for ansible-playbook);
+* the collection dify_gpu.dify is importable (collections/ on sys.path): the modules import
+  ``ansible_collections.dify_gpu.dify.plugins.module_utils.dify_client``, and
+  ``ansible.module_utils.dify_client`` is the same module object (the tests' shorter name);
 * ``dify_standin`` (tests/dify_standin, the Dify API stand-in) is importable;
 * fixtures: ``standin`` (a stand-in server in a thread on a free port) and
   ``run_module`` (runs a plugins/modules/dify_* module in-process and returns
@@ -23,10 +24,21 @@ MODULES = os.path.join(ROOT, "plugins", "modules")
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
+COLLECTIONS = os.path.join(ROOT, "collections")  # ansible_collections/dify_gpu/dify -> the repository
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
+
+import importlib  # noqa: E402
+
 import ansible.module_utils  # noqa: E402
 
-if MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(MODULE_UTILS)
+# The modules import their module_utils as the collection dify_gpu.dify
+# (ansible_collections.dify_gpu.dify.plugins.module_utils.*); the tests' older name
+# ansible.module_utils.<name> is the SAME module object (one DifyError class, one patch target).
+for _name in ("dify_client", "dify_knowledge", "dify_knowledge_api", "dify_resource"):
+    _mod = importlib.import_module("ansible_collections.dify_gpu.dify.plugins.module_utils." + _name)
+    sys.modules["ansible.module_utils." + _name] = _mod
+    setattr(ansible.module_utils, _name, _mod)
 
 from ansible.module_utils import basic  # noqa: E402
 from ansible.module_utils.testing import patch_module_args  # noqa: E402

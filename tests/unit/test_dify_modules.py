@@ -634,7 +634,8 @@ def test_documentation_parses_and_names_every_option(name, monkeypatch):
     fragment = _doc_fragment()
     options = set(doc.get("options") or {})
     for ref in doc["extends_documentation_fragment"]:
-        part = yaml.safe_load(getattr(fragment, ref.partition(".")[2].upper() or "DOCUMENTATION"))
+        assert ref.startswith("dify_gpu.dify.dify"), ref  # the collection's fragment, by FQCN
+        part = yaml.safe_load(getattr(fragment, ref[len("dify_gpu.dify.dify."):].upper() or "DOCUMENTATION"))
         options |= set(part.get("options") or {})
 
     def capture(self, argument_spec=None, **kwargs):
@@ -646,7 +647,7 @@ def test_documentation_parses_and_names_every_option(name, monkeypatch):
     argument_spec, kwargs = spec.value.args
     assert set(argument_spec) == options
     if name in PATTERN_MODULES:
-        assert kwargs["supports_check_mode"] and "dify.attributes" in doc["extends_documentation_fragment"]
+        assert kwargs["supports_check_mode"] and "dify_gpu.dify.dify.attributes" in doc["extends_documentation_fragment"]
         assert doc["attributes"]["check_mode"]["support"] == doc["attributes"]["diff_mode"]["support"] == "full"
 
 
