@@ -161,7 +161,12 @@ def bootstrap(harness, work, batch):
     run = ansible_runner.run(private_data_dir=pdd, playbook="site.yml", extravars=extravars, envvars=_envvars(work),
                              quiet=True, settings={"suppress_ansible_output": True})
     if run.rc != 0:
-        sys.exit("bootstrap failed (rc=%s); see %s/artifacts" % (run.rc, pdd))
+        # the work directory is removed on exit: print what failed
+        for ev in run.events:
+            if ev.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+                data = ev.get("event_data", {})
+                print("failed: %s: %s" % (data.get("task"), json.dumps(data.get("res", {}))[:3000]))
+        sys.exit("bootstrap failed (rc=%s)" % run.rc)
     import yaml
 
     return yaml.safe_load(open(creds))["dataset_api_key"]
@@ -252,7 +257,7 @@ def main():
             for p in proxies.values():
                 p.stop()
             harness.stop()
-    print("ingest benchmark: %d files, ~%.0f MB, real Dify %s on this host (%d CPUs), all-MiniLM-L6-v2 on CPU,"
+    print("ingest benchmark: %d files, ~%.1f MB, real Dify %s on this host (%d CPUs), all-MiniLM-L6-v2 on CPU,"
           " front batch %d" % (args.files, args.size_mb, harness.version, os.cpu_count() or 1, args.batch))
     print("columns: uploads = documents written; requests = embedding requests Dify sent; server calls = inference"
           " calls the embedding server got; tokens = tokens it embedded; decodes = its forward passes")
