@@ -154,11 +154,11 @@ def _disagreements(label, members):
                 groups.append((value, [m["who"]]))
         if len(groups) < 2:
             continue
-        shown = [_show(field, value) for value, _ in groups]
+        shown = [_show(field, value) for value, _who in groups]
         if any(s is None for s in shown):
-            detail = "; ".join(", ".join(who) for _, who in groups) + " (values not shown: a secret)"
+            detail = "; ".join(", ".join(who) for _value, who in groups) + " (values not shown: a secret)"
         else:
-            detail = "; ".join("%s: %s" % (", ".join(who), s) for (_, who), s in zip(groups, shown))
+            detail = "; ".join("%s: %s" % (", ".join(who), s) for (_value, who), s in zip(groups, shown))
         problems.append(
             "model_pool: %s is served by %s, which disagree on %s (%s). Dify registers ONE model for them, so "
             "every server must agree: make the hosts' model servers alike (model_servers_server_overrides or "

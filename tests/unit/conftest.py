@@ -31,6 +31,11 @@ if COLLECTIONS not in sys.path:
 import importlib  # noqa: E402
 
 import ansible.module_utils  # noqa: E402
+from ansible.plugins.loader import init_plugin_loader  # noqa: E402
+
+# Ansible's collection finder serves ansible_collections.* from collections/ (before anything imports
+# it as a plain namespace package), so the roles' FQCN filters resolve in rendering tests too.
+init_plugin_loader([COLLECTIONS])
 
 # The modules import their module_utils as the collection dify_gpu.dify
 # (ansible_collections.dify_gpu.dify.plugins.module_utils.*); the tests' older name

@@ -9,11 +9,13 @@ value stays lazy, exactly like in a play. The project's filter plugins are loade
 from pathlib import Path
 
 from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import add_all_plugin_dirs
+from ansible.plugins.loader import add_all_plugin_dirs, init_plugin_loader
 from ansible.template import Templar, trust_as_template
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADER = DataLoader()
+# the roles call the project's filters by FQCN (dify_gpu.dify.*): collections/ holds the link back
+init_plugin_loader([str(ROOT / "collections")])
 add_all_plugin_dirs(str(ROOT / "plugins"))
 
 # Host facts of the supported platforms (what gather_facts reports on them).
