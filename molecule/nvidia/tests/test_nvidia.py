@@ -214,3 +214,45 @@ def test_containers_start_through_the_runtime(host):
     host.run_expect([0], "docker run --rm --network host --runtime nvidia nvidia-test/true:1 /usr/bin/true")
     calls = host.file(STANDIN_LOG).content_string.splitlines()
     assert sum(1 for c in calls if " create " in f" {c} ") == 2, calls
+
+
+# --- the contract with the docker role, across runs ------------------------------------------------
+
+
+def test_toolkit_contract_is_persisted_on_the_host(host):
+    fact = host.file("/etc/ansible/facts.d/nvidia_container_toolkit.fact")
+    assert fact.mode == 0o644
+    assert json.loads(fact.content_string) == {
+        "docker_runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}},
+        "docker_default_runtime": "nvidia"}
+
+
+def test_docker_playbook_alone_keeps_the_nvidia_runtime(tmp_path, host):
+    """playbooks/docker.yml in a run of its own, on this host whose GPU play ran in an earlier run:
+    nothing of the toolkit is in memory, its local fact hands the docker role the runtime, so
+    daemon.json keeps it and Docker is not restarted (nothing changes at all)."""
+    import yaml
+
+    options = yaml.safe_load((PROJECT / "molecule" / "shared" / "docker_test_options.yml").read_text())
+    before = host.file("/etc/docker/daemon.json").content_string
+    started = host.check_output("systemctl show -p ActiveEnterTimestampMonotonic --value docker")
+    r = ansible_runner.run(
+        private_data_dir=str(tmp_path),
+        playbook=str(PROJECT / "playbooks" / "docker.yml"),
+        inventory=INVENTORY_FILE,
+        limit=host.backend.host,
+        extravars=options,
+        envvars={"ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"},
+        quiet=True,
+    )
+    assert r.rc == 0, r.stdout.read()[-4000:]
+    assert r.stats["changed"] == {}, r.stats
+    ran = {e["event_data"].get("task") for e in r.events if e.get("event") == "runner_on_ok"}
+    assert "Write daemon.json" in ran
+    assert host.file("/etc/docker/daemon.json").content_string == before
+    daemon = json.loads(before)
+    assert daemon["runtimes"]["nvidia"] == {"path": "nvidia-container-runtime", "args": []}
+    assert daemon["default-runtime"] == "nvidia"
+    assert host.check_output("systemctl show -p ActiveEnterTimestampMonotonic --value docker") == started
+    info = json.loads(host.check_output("docker info --format '{{json .}}'"))
+    assert info["Runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
