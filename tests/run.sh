@@ -5,8 +5,9 @@
 #                                        integration: against real Dify, tests/real_dify)
 #   tests/run.sh molecule [scenario...]   scenarios only (default: all)
 # Ends with one summary line: "summary: N passed, N failed[, N skipped]".
-# DIFY_TEST_KEEP_GOING=0 skips the scenarios when lint or unit tests failed (default 1: run them).
-# DIFY_TEST_PARALLEL=0 runs the integration tests before the scenarios instead of beside them.
+# DIFY_TEST_KEEP_GOING=0 skips the scenarios when a step before them failed (default 1: run them;
+# with DIFY_TEST_PARALLEL=1 the unit tests run beside the scenarios, so only lint and sanity count).
+# DIFY_TEST_PARALLEL=0 runs the unit and integration tests before the scenarios instead of beside them.
 # DIFY_TEST_LOGDIR: where step logs go (default .cache/test-logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -173,12 +174,17 @@ what=${1:-all}
 case "$what" in
   all)
     step host-prepare prepare_host
-    step lint run_lint
-    step sanity run_sanity
-    step unit run_unit
+    # pytest and ansible-lint use one core each: the real-Dify integration tests and the unit tests
+    # run in the background from the start, beside lint, sanity and then the scenarios.
     if [[ ${DIFY_TEST_PARALLEL:-1} == 1 ]]; then
       step_background integration run_integration
+      step_background unit run_unit
+      step lint run_lint
+      step sanity run_sanity
     else
+      step lint run_lint
+      step sanity run_sanity
+      step unit run_unit
       step integration run_integration
     fi
     if [[ $failed -eq 0 || ${DIFY_TEST_KEEP_GOING:-1} == 1 ]]; then
