@@ -94,7 +94,7 @@ def site_contract(host, hostvars, role, key=None, default=_MISSING):
     """HOST's contract of ROLE (or its KEY): the first of this run's in-memory contract, the host's local fact,
     the preflight's declared values that has it. Without it: DEFAULT, else an error naming what was looked at."""
     hv = _hostvars_of(hostvars, host) if host else {}
-    for _, contract in _sources(hv, role):
+    for _host, contract in _sources(hv, role):
         if not isinstance(contract, Mapping):
             continue
         if key is None:
@@ -350,8 +350,8 @@ def _edge_rules(edge, record, dify_host, dify_record):
                           "https://%s" % url["host"])
     if not served and (nginx or tunnel.get("enabled")):
         problems.append("dify_public_url=%s on %s is not what the edge on %s serves: %s. Users would open a URL Dify's "
-                        "settings (CORS, cookies, web app links) do not match." % (url_text, dify_host, edge,
-                                                                                  "; ".join(offers)))
+                        "settings (CORS, cookies, web app links) do not match."
+                        % (url_text, dify_host, edge, "; ".join(offers)))
     # the edge's own inputs, checked here before any host changes (the roles check them again)
     if nginx:
         mode = nginx.get("tls_mode")
