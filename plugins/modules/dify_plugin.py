@@ -14,6 +14,10 @@ description:
   - Installs the marketplace's latest version (C(POST .../list/latest-versions) then C(.../install/marketplace)),
     or, with O(package_path), uploads a C(.difypkg) from the managed host (C(.../upload/pkg), C(.../install/pkg)).
   - Polls the install task (pending, running, success or failed) until it ends or O(wait_timeout) passes.
+  - When the answer to an install is lost (a 5xx or no answer), the module looks before it installs
+    again -- in the plugin list and in the workspace's install tasks (C(GET .../plugin/tasks)), as Dify
+    lists a plugin only once its install task ended; an install task of the same package that is not
+    failed is waited for instead.
 extends_documentation_fragment: [dify_gpu.dify.dify, dify_gpu.dify.dify.attributes]
 attributes:
   check_mode:
@@ -159,6 +163,41 @@ def marketplace_uid(module, client):
     return entry["unique_identifier"]
 
 
+def install_tasks(client):
+    """The workspace's plugin install tasks (GET .../plugin/tasks, paged; Dify gives no total)."""
+    def fetch(page):
+        tasks = client.request("GET", PLUGIN + "/tasks", query={"page": page, "page_size": 256}).get("tasks") or []
+        return tasks, len(tasks) >= 256
+
+    return iter_pages(fetch)
+
+
+def install_landed(client, plugin_id, uid):
+    """The ``landed`` check of an install POST whose answer was lost (5xx, no answer).
+
+    Dify lists a plugin only once its install task ended, so the plugin list alone misses an install
+    that landed and is still pending or running: the workspace's install tasks are read too. A task
+    that is not failed and carries ``uid`` is that install -- its answer (the task id) is what the POST
+    would have returned, so the task is waited for instead of posting again. A task that already
+    succeeded counts only if the plugin shows in the list read after it (else it is an older install,
+    since uninstalled). Nothing found: None, and the POST is sent again."""
+    def landed():
+        if find_plugin(client, plugin_id):
+            return {}
+        for task in install_tasks(client):
+            if task.get("status") == "failed":
+                continue
+            if not any(p.get("plugin_unique_identifier") == uid for p in task.get("plugins") or []):
+                continue
+            if task.get("status") != "success":
+                return {"all_installed": False, "task_id": task.get("id") or ""}
+            if find_plugin(client, plugin_id):  # ended between the two reads
+                return {}
+        return None
+
+    return landed
+
+
 def run_task(module, client, path, body, landed):
     answer = client.request("POST", path, body=body, landed=landed)
     task_id = answer.get("task_id") or ""
@@ -170,16 +209,13 @@ def run_task(module, client, path, body, landed):
 def install(module, client):
     """A fresh install; returns the task id."""
     p = module.params
-
-    def found_now():  # a lost POST that landed
-        return find_plugin(client, p["plugin_id"]) and {}
-
     if p["package_path"]:
         uid = upload_package(module, client)
-        return run_task(module, client, PLUGIN + "/install/pkg", {"plugin_unique_identifiers": [uid]}, found_now)
+        return run_task(module, client, PLUGIN + "/install/pkg", {"plugin_unique_identifiers": [uid]},
+                        install_landed(client, p["plugin_id"], uid))
     uid = marketplace_uid(module, client)
     return run_task(module, client, PLUGIN + "/install/marketplace", {"plugin_unique_identifiers": [uid]},
-                    found_now)
+                    install_landed(client, p["plugin_id"], uid))
 
 
 def change_version(module, client, found):
@@ -204,7 +240,7 @@ def change_version(module, client, found):
     uid = upload_package(module, client)
     client.request("POST", PLUGIN + "/uninstall", body={"plugin_installation_id": found["installation_id"]})
     task_id = run_task(module, client, PLUGIN + "/install/pkg", {"plugin_unique_identifiers": [uid]},
-                       lambda: find_plugin(client, p["plugin_id"]) and {})
+                       install_landed(client, p["plugin_id"], uid))
     return task_id, "reinstall"
 
 

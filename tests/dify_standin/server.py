@@ -300,6 +300,7 @@ class StandIn(object):
             ("POST", plug + "/install/marketplace", self.plugin_install_marketplace),
             ("POST", plug + "/upload/pkg", self.plugin_upload),
             ("POST", plug + "/install/pkg", self.plugin_install_pkg),
+            ("GET", plug + "/tasks", self.plugin_tasks),
             ("GET", plug + "/tasks/" + uid, self.plugin_task),
             ("POST", plug + "/uninstall", self.plugin_uninstall),
             ("GET", c + "/workspaces/current/model-providers", self.model_providers),
@@ -580,21 +581,42 @@ class StandIn(object):
                 raise ApiError(400, "plugin_not_found", "Package %s was not uploaded." % uid)
         return self._start_install(uids, "package")
 
-    def plugin_task(self, req, task_id):
-        self.authenticate_console(req)
-        task = self.store.get("plugin_tasks", task_id)
-        if not task:
-            raise ApiError(404, "not_found", "Task not found")
+    def _task_view(self, task):
+        """A PluginInstallTask as Dify 1.15.0 returns it (its plugin daemon's record)."""
         status = self._task_status(task)
         if status == "success":
             self._settle_tasks()
         entry = self._entry_status(task)
         plugins = [{"plugin_unique_identifier": p["plugin_unique_identifier"], "plugin_id": p["plugin_id"],
-                    "status": entry, "message": "" if entry != "success" else "installed"}
+                    "status": entry, "message": "" if entry != "success" else "installed", "icon": "",
+                    "labels": {"en_US": p["plugin_id"].split("/")[-1]}, "source": task["source"]}
                    for p in task["plugins"]]
-        return Response(200, {"task": {"id": task_id, "status": status, "total_plugins": len(plugins),
-                                       "completed_plugins": len(plugins) if status == "success" else 0,
-                                       "plugins": plugins}})
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(task["created_at"]))
+        return {"id": task["id"], "status": status, "total_plugins": len(plugins),
+                "completed_plugins": len(plugins) if status == "success" else 0, "plugins": plugins,
+                "created_at": created, "updated_at": created}
+
+    def plugin_tasks(self, req):
+        """GET .../plugin/tasks?page=&page_size= (1..256, default 1 and 256): {"tasks": [...]}, no total --
+        the workspace's install tasks, the pending and running ones included (the plugin list shows a
+        plugin only once its task ended)."""
+        self.authenticate_console(req)
+        try:
+            page = int(req.query.get("page", "1"))
+            size = int(req.query.get("page_size", "256"))
+        except ValueError:
+            raise bad("page, page_size: must be integers")
+        if page < 1 or not 1 <= size <= 256:
+            raise bad("page must be >= 1 and page_size 1..256")
+        tasks = sorted(self.store.list("plugin_tasks"), key=lambda t: t["created_at"])
+        return Response(200, {"tasks": [self._task_view(t) for t in tasks[(page - 1) * size:page * size]]})
+
+    def plugin_task(self, req, task_id):
+        self.authenticate_console(req)
+        task = self.store.get("plugin_tasks", task_id)
+        if not task:
+            raise ApiError(404, "not_found", "Task not found")
+        return Response(200, {"task": self._task_view(task)})
 
     def plugin_uninstall(self, req):
         self.authenticate_console(req)

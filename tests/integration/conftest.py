@@ -43,8 +43,11 @@ ADMIN_EMAIL = "admin@example.com"
 
 @pytest.fixture(scope="session")
 def real_dify():
-    """Real Dify 1.15.0 (the version roles/dify deploys), fresh databases, for the whole session."""
-    harness = RealDify()
+    """Real Dify 1.15.0 (the version roles/dify deploys), fresh databases, for the whole session.
+
+    ``DIFY_TEST_PORT_OFFSET`` (default 0) shifts every port of the harness (17610-17629) and gives it its
+    own run directory, so a second run can go on beside one that holds the default ports."""
+    harness = RealDify(port_offset=int(os.environ.get("DIFY_TEST_PORT_OFFSET") or 0))
     harness.start()
     try:
         yield harness

@@ -688,14 +688,12 @@ def test_a_create_that_did_not_land_is_sent_again_after_its_lookup(name, request
     assert res["changed"] and not res.get("failed"), res
     calls = s.calls(mark)
     first = calls.index(("POST", post))
-    assert calls[first + 1:first + 3] == [("GET", lookup), ("POST", post)], calls
+    lookups = [("GET", lookup)] + ([("GET", PL + "/tasks")] if name == "dify_plugin" else [])
+    assert calls[first + 1:first + 2 + len(lookups)] == lookups + [("POST", post)], calls
     assert calls.count(("POST", post)) == 2
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=(
-    "known gap: the install's lookup reads the plugin list, where a plugin shows only once its install task "
-    "ended; a pending task (GET .../plugin/tasks, not served by the stand-in) is not looked at"))) if n == "dify_plugin"
-    else n for n in CREATORS])
+@pytest.mark.parametrize("name", CREATORS)
 def test_a_create_whose_answer_was_lost_is_not_sent_twice(name, request, run_module, tmp_path, monkeypatch):
     from ansible.module_utils import dify_client
     s, args, post, lookup = creating(name, request, tmp_path)
@@ -718,3 +716,63 @@ def test_a_create_whose_answer_was_lost_is_not_sent_twice(name, request, run_mod
     assert calls.count(("POST", post)) == 1, calls
     first = calls.index(("POST", post))
     assert calls[first + 1] == ("GET", lookup)
+
+
+@pytest.mark.parametrize("source", ["package", "marketplace"])
+def test_plugin_install_whose_answer_was_lost_while_its_task_runs_waits_for_that_task(
+        source, standin_factory, run_module, tmp_path, monkeypatch):
+    """The install POST landed, its answer was lost (502), the task is still running, so the plugin is
+    not listed yet: the module reads the list, then the install tasks, finds the running task of its
+    package and polls it -- no second POST."""
+    from ansible.module_utils import dify_client
+    s = standin_factory(task_seconds=0.6)
+    run_module("dify_setup", s.args())
+    args = dict(plugin_id="langgenius/openai_api_compatible", poll_interval=0.03)
+    if source == "package":
+        args["package_path"] = package(tmp_path, "0.0.63")
+    post = PL + "/install/" + ("pkg" if source == "package" else "marketplace")
+    raw = dify_client.DifyClient.raw
+    lost = []
+
+    def lose_first_answer(self, method, path, *a, **kw):
+        answer = raw(self, method, path, *a, **kw)
+        if method == "POST" and path == post and not lost:
+            lost.append(answer[2])
+            return 502, {}, {"code": "bad_gateway", "message": "upstream went away"}
+        return answer
+
+    monkeypatch.setattr(dify_client.DifyClient, "raw", lose_first_answer)
+    mark = s.mark()
+    res = run_module("dify_plugin", s.args(**args))
+    assert not res.get("failed") and res["changed"] and res["method"] == "install", res
+    task = lost[0]["task_id"]
+    assert task and res["task_id"] == task
+    assert res["plugin"]["plugin_id"] == "langgenius/openai_api_compatible"
+    calls = s.calls(mark)
+    before = ([("POST", PL + "/upload/pkg")] if source == "package" else [("POST", PL + "/list/latest-versions")])
+    assert calls[:5] == [LOGIN, ("GET", PL + "/list")] + before + [("POST", post), ("GET", PL + "/list")], calls
+    assert calls[5] == ("GET", PL + "/tasks"), calls
+    assert last(s, "GET", PL + "/tasks")["query"] == {"page": "1", "page_size": "256"}
+    polls = calls[6:-1]
+    assert len(polls) >= 2 and set(polls) == {("GET", PL + "/tasks/" + task)}, calls
+    assert calls[-1] == ("GET", PL + "/list")
+    assert calls.count(("POST", post)) == 1
+    assert len(s.state.store.list("plugin_tasks")) == 1
+
+
+def test_plugin_install_lost_answer_an_old_succeeded_task_is_not_taken_for_it(standin, run_module, tmp_path):
+    """A task of the same package that succeeded earlier (the plugin since uninstalled) is not this
+    install: the POST that did not land is sent again."""
+    run_module("dify_setup", standin.args())
+    args = standin.args(plugin_id="langgenius/openai_api_compatible", poll_interval=0.03,
+                        package_path=package(tmp_path, "0.0.63"))
+    run_module("dify_plugin", args)
+    run_module("dify_plugin", dict(args, state="absent"))
+    standin.state.inject_fault("POST", PL + "/install/pkg", 503)
+    mark = standin.mark()
+    res = run_module("dify_plugin", args)
+    assert res["changed"] and not res.get("failed"), res
+    calls = standin.calls(mark)
+    first = calls.index(("POST", PL + "/install/pkg"))
+    assert calls[first + 1:first + 5] == [("GET", PL + "/list"), ("GET", PL + "/tasks"), ("GET", PL + "/list"),
+                                          ("POST", PL + "/install/pkg")], calls
