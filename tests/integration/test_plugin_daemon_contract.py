@@ -35,13 +35,14 @@ from plugin_daemon_standin import difypkg  # noqa: E402
 from plugin_daemon_standin.envs import PythonNotFound, find_python  # noqa: E402
 
 from real_dify.harness import RealDify  # noqa: E402
+from real_dify.upstream import SHARED_UPSTREAM  # ../shared/upstream, or REAL_DIFY_UPSTREAM_DIR
 
 # Dify's own source and venv, as the real-Dify harness prepares them (cached; nothing is started)
 _HARNESS = RealDify()
 _HARNESS.prepare()
 DIFY_API = _HARNESS.api_dir
 DIFY_PYTHON = _HARNESS.api_python
-UPSTREAM = os.path.join(os.path.dirname(ROOT), "shared", "upstream")
+UPSTREAM = SHARED_UPSTREAM
 PLUGINS_TARBALL = os.path.join(UPSTREAM, "dify-official-plugins-7af22831-models.tar.gz")
 PLUGINS_TARBALL_SHA256 = "1f288b483ef594fe3335e842a3ec63829d0d1929c3f2ae0cb141f5adc5fd1dcd"
 CACHE = default_cache_dir()

@@ -7,11 +7,12 @@ import pytest
 import yaml
 
 from conftest import ROOT, load_filter
+from real_dify.upstream import SHARED_UPSTREAM  # ../shared/upstream, or REAL_DIFY_UPSTREAM_DIR
 
 f = load_filter("dify_bootstrap")
 OAC = "langgenius/openai_api_compatible/openai_api_compatible"
 TEI = "langgenius/huggingface_tei/huggingface_tei"
-PLUGINS_ARCHIVE = os.path.join(ROOT, "..", "shared", "upstream", "dify-official-plugins-7af22831-models.tar.gz")
+PLUGINS_ARCHIVE = os.path.join(SHARED_UPSTREAM, "dify-official-plugins-7af22831-models.tar.gz")
 
 
 def ep(provider, model_type, **creds):

@@ -19,9 +19,10 @@ import jsonschema
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
+from real_dify.upstream import SHARED_UPSTREAM  # ../shared/upstream, or REAL_DIFY_UPSTREAM_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART_ARCHIVE = ROOT.parent / "shared" / "upstream" / "dify-helm-3c4ef102-chart.tar.gz"
+CHART_ARCHIVE = Path(SHARED_UPSTREAM) / "dify-helm-3c4ef102-chart.tar.gz"
 CHART_MEMBER = "dify-helm-3c4ef102/charts/dify"
 
 _spec = importlib.util.spec_from_file_location("dify_helm", ROOT / "plugins" / "filter" / "dify_helm.py")

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from role_render import RoleRender
+from real_dify.upstream import SHARED_UPSTREAM  # ../shared/upstream, or REAL_DIFY_UPSTREAM_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
-UPSTREAM = ROOT.parent / "shared" / "upstream"
+UPSTREAM = Path(SHARED_UPSTREAM)
 DEFAULTS = yaml.safe_load((ROOT / "roles" / "dify" / "defaults" / "main.yml").read_text())
 
 # version -> what was compared with the role's templates/docker-compose.yaml.j2 and .env

