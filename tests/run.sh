@@ -5,9 +5,8 @@
 #                                        integration: against real Dify, tests/real_dify)
 #   tests/run.sh molecule [scenario...]   scenarios only (default: all)
 # Ends with one summary line: "summary: N passed, N failed[, N skipped]".
-# DIFY_TEST_KEEP_GOING=0 skips the scenarios when a step before them failed (default 1: run them;
-# with DIFY_TEST_PARALLEL=1 the unit tests run beside the scenarios, so only lint and sanity count).
-# DIFY_TEST_PARALLEL=0 runs the unit and integration tests before the scenarios instead of beside them.
+# DIFY_TEST_PARALLEL=0 runs lint, sanity, unit and integration tests before the scenarios instead of
+# beside them; DIFY_TEST_KEEP_GOING=0 then skips the scenarios when one of those failed.
 # DIFY_TEST_LOGDIR: where step logs go (default .cache/test-logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -107,6 +106,8 @@ run_sanity() {
   return $rc
 }
 
+run_lint_and_sanity() { run_lint && run_sanity; }
+
 pytest_dir() {  # dir: fail when nothing was collected
   python -m pytest -q -p no:cacheprovider --durations=15 "$1"
   local rc=$?
@@ -174,13 +175,13 @@ what=${1:-all}
 case "$what" in
   all)
     step host-prepare prepare_host
-    # pytest and ansible-lint use one core each: the real-Dify integration tests and the unit tests
-    # run in the background from the start, beside lint, sanity and then the scenarios.
+    # pytest and ansible-lint use one core each, the scenarios wait on containers much of the time:
+    # the real-Dify integration tests, the unit tests, lint and sanity run in the background from the
+    # start, beside the scenarios (their results are collected at the end).
     if [[ ${DIFY_TEST_PARALLEL:-1} == 1 ]]; then
       step_background integration run_integration
       step_background unit run_unit
-      step lint run_lint
-      step sanity run_sanity
+      step_background lint+sanity run_lint_and_sanity
     else
       step lint run_lint
       step sanity run_sanity
