@@ -52,10 +52,9 @@ def ingest(real_dify, run_bootstrap, bootstrap_vars, tmp_path_factory):
         "dify_bootstrap_model_endpoints": real_dify.model_endpoints(),
         "dify_knowledge_poll_interval": 2,
         "dify_knowledge_wait_timeout": 900,
-        # max_request_kb given: without it the preflight fails on ansible-core 2.19 (playbooks/preflight.yml,
-        # "Record what the knowledge rules read": map(attribute='max_request_kb', default=none) yields
-        # Undefined, since Jinja treats default=None as no default); reported, not fixed here
-        "dify_knowledge_bases": [{"dataset": DATASET, "sources": [{"path": str(folder)}], "max_request_kb": 1024,
+        # no max_request_kb, as in a user's inventory (the preflight once failed on it: map(attribute=...,
+        # default=none) is Undefined, Jinja taking default=None for no default)
+        "dify_knowledge_bases": [{"dataset": DATASET, "sources": [{"path": str(folder)}],
                                   "retrieval_query": "restart the planner"}],
     }
     inventory = base / "hosts.yml"
@@ -117,8 +116,7 @@ def test_ingest_alone_syncs_then_a_rerun_changes_nothing(ingest):
 
 def test_ingest_refuses_a_missing_source_folder_before_any_write(ingest, tmp_path):
     before = {n: d["id"] for n, d in documents(ingest).items()}
-    bad = {"dify_knowledge_bases": [{"dataset": DATASET, "sources": [{"path": str(tmp_path / "no-such-folder")}],
-                                     "max_request_kb": 1024}]}
+    bad = {"dify_knowledge_bases": [{"dataset": DATASET, "sources": [{"path": str(tmp_path / "no-such-folder")}]}]}
     proc = ingest["run"]("-e", json.dumps(bad))
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
