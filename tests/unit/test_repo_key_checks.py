@@ -58,6 +58,7 @@ def run(tmp_path, role, url, fingerprint, check=False):
              "ansible_python_interpreter": sys.executable}
     extra.update(spec["extra"](tmp_path))
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_FILTER_PLUGINS=str(ROOT / "plugins" / "filter"),
+               ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),  # the roles call dify_gpu.dify.* filters
                ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
                ANSIBLE_RETRY_FILES_ENABLED="0")
     cmd = [PLAYBOOK, "-i", "localhost,", str(tmp_path / "play.yml"), "-e", json.dumps(extra)]
