@@ -89,11 +89,26 @@ FAKE_HELM = textwrap.dedent('''\
 ''')
 
 
-@pytest.fixture()
-def bench(tmp_path):
+def fake_helm(tmp_path):
+    """FAKE_HELM written to tmp_path/helm; returns (its path, its state file, releases(), calls())."""
     helm = tmp_path / "helm"
     helm.write_text(FAKE_HELM.format(python=sys.executable))
     helm.chmod(0o755)
+    state = tmp_path / "helm-state.json"
+
+    def releases():
+        return json.loads(state.read_text()) if state.exists() else {}
+
+    def calls():
+        path = Path(str(state) + ".calls")
+        return path.read_text().splitlines() if path.exists() else []
+
+    return helm, state, releases, calls
+
+
+@pytest.fixture()
+def bench(tmp_path):
+    helm, state, releases, calls = fake_helm(tmp_path)
     playbook = tmp_path / "play.yml"
     playbook.write_text(yaml.safe_dump([{"name": "Dify on Kubernetes", "hosts": "dify_kubernetes",
                                          "gather_facts": False, "roles": ["dify_kubernetes"]}]))
@@ -107,7 +122,6 @@ def bench(tmp_path):
         "dify_kubernetes_gpu_operator_enabled": True,
         "dify_external_redis": {"host": "redis.test.example", "password": "Given-Redis-Pw-0123456789"},
     }}}))
-    state = tmp_path / "helm-state.json"
 
     def run(*extra):
         env = dict(os.environ, FAKE_HELM_STATE=str(state), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
@@ -116,13 +130,6 @@ def bench(tmp_path):
         proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(playbook), *extra],
                               capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=300)
         return proc
-
-    def releases():
-        return json.loads(state.read_text()) if state.exists() else {}
-
-    def calls():
-        path = Path(str(state) + ".calls")
-        return path.read_text().splitlines() if path.exists() else []
 
     return {"run": run, "releases": releases, "calls": calls, "secrets_file": secrets_file}
 

@@ -15,12 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from test_dify_helm_role import ANSIBLE_PLAYBOOK, FAKE_HELM, ROOT, recap
+from test_dify_helm_role import ANSIBLE_PLAYBOOK, ROOT, fake_helm, recap
 
 EXAMPLE = ROOT / "inventories" / "example-kubernetes"
 OPENAI = "langgenius/openai_api_compatible"
@@ -38,9 +37,7 @@ IN_CLUSTER_ENDPOINTS = [  # the commented example of inventories/example-kuberne
 
 @pytest.fixture()
 def user_bench(tmp_path):
-    helm = tmp_path / "helm"
-    helm.write_text(FAKE_HELM.format(python=sys.executable))
-    helm.chmod(0o755)
+    helm, state, releases, calls = fake_helm(tmp_path)
     inventory = tmp_path / "inventory"
     shutil.copytree(EXAMPLE, inventory)
     hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
@@ -57,7 +54,6 @@ def user_bench(tmp_path):
                             "vault_dify_external_redis_password": "Given-Redis-Pw-0123456789",
                             "dify_kubernetes_model_endpoints": IN_CLUSTER_ENDPOINTS}
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    state = tmp_path / "helm-state.json"
 
     def run(*extra):
         env = dict(os.environ, FAKE_HELM_STATE=str(state), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
@@ -68,13 +64,6 @@ def user_bench(tmp_path):
             [str(ANSIBLE_PLAYBOOK), "-i", str(inventory / "hosts.yml"), "playbooks/kubernetes.yml",
              "--skip-tags", "dify_bootstrap", *extra],
             capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=300)
-
-    def releases():
-        return json.loads(state.read_text()) if state.exists() else {}
-
-    def calls():
-        path = Path(str(state) + ".calls")
-        return path.read_text().splitlines() if path.exists() else []
 
     return {"run": run, "releases": releases, "calls": calls}
 
