@@ -5,7 +5,7 @@ Prints first-run seconds, re-run seconds and the changed count of each, and thei
 host is started exactly as molecule/default describes it (platform read from its molecule.yml),
 prepared by that scenario's own prepare.yml (tiny models, the stack's test images, the model
 servers' wheels) and gets the same test profile (tests/profiles/site-test). It takes the Molecule
-lock of tests/run.sh (same host network and ports as molecule/default). Not a test: it prints figures.
+locks of tests/run.sh (same host network and ports as molecule/default). Not a test: it prints figures.
 
     .venv/bin/python benchmarks/site_converge.py [--keep]
 """
@@ -67,8 +67,14 @@ def main():
     parser.add_argument("--keep", action="store_true", help="leave the test host running")
     opts = parser.parse_args()
 
-    lock = open(os.environ.get("DIFY_TEST_MOLECULE_LOCK", "/tmp/dify-test-molecule.lock"), "w")  # noqa: SIM115
-    fcntl.flock(lock, fcntl.LOCK_EX)  # held until the process ends
+    # every Molecule lane's lock (tests/run.sh, molecule/lanes): a benchmark measures best alone
+    prefix = os.environ.get("DIFY_TEST_MOLECULE_LOCK", "/tmp/dify-test-molecule")
+    locks = []
+    for line in (ROOT / "molecule" / "lanes").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            locks.append(open(f"{prefix}-{words[0]}.lock", "w"))  # noqa: SIM115
+            fcntl.flock(locks[-1], fcntl.LOCK_EX)  # held until the process ends
     platform = yaml.safe_load((SCENARIO / "molecule.yml").read_text())["platforms"][0]
     subprocess.run(["tests/images/build.sh", "debian13"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["tests/images/archive.sh", "dify-test/base:debian13"], cwd=ROOT, check=True,

@@ -7,7 +7,8 @@
 # Ends with one summary line: "summary: N passed, N failed[, N skipped]".
 # DIFY_TEST_PARALLEL=0 runs lint, sanity, unit and integration tests before the scenarios instead of
 # beside them; DIFY_TEST_KEEP_GOING=0 then skips the scenarios when one of those failed.
-# DIFY_TEST_LOGDIR: where step logs go (default .cache/test-logs).
+# Scenarios run in two lanes side by side (molecule/lanes); DIFY_TEST_LANES=1 runs them one after
+# the other. DIFY_TEST_LOGDIR: where step logs go (default .cache/test-logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -55,26 +56,39 @@ step_background() {  # name command...
   bg_pids+=("$!")
   bg_names+=("$name")
 }
+collect() {  # name: record the result a background step or a scenario left in $LOGDIR/<name>.rc
+  local name=$1 log="$LOGDIR/$1.log" rc secs
+  read -r rc secs <"$LOGDIR/$name.rc" || { rc=1 secs=0; }
+  if [[ $rc == skip ]]; then
+    record "$name" SKIP 0 "$secs"; return 0
+  fi
+  if [[ $rc -eq 0 ]]; then
+    record "$name" PASS "$secs"; tail -n 3 "$log" | sed 's/^/   /'
+  else
+    record "$name" FAIL "$secs" "(log: $log)"; echo "-- $name failed (rc=$rc); last lines:"; tail -n 80 "$log"
+  fi
+  echo "== $name: $([[ $rc -eq 0 ]] && echo passed || echo FAILED) in ${secs}s"
+}
 wait_background() {
-  local i name rc secs log
+  local i
   for i in "${!bg_pids[@]}"; do
-    name=${bg_names[$i]} log="$LOGDIR/${bg_names[$i]}.log"
     wait "${bg_pids[$i]}"
-    read -r rc secs <"$LOGDIR/$name.rc" || { rc=1 secs=0; }
-    if [[ $rc -eq 0 ]]; then
-      record "$name" PASS "$secs"; tail -n 3 "$log" | sed 's/^/   /'
-    else
-      record "$name" FAIL "$secs" "(log: $log)"; echo "-- $name failed (rc=$rc); last lines:"; tail -n 80 "$log"
-    fi
-    echo "== $name: $([[ $rc -eq 0 ]] && echo passed || echo FAILED) in ${secs}s"
+    collect "${bg_names[$i]}"
   done
   bg_pids=() bg_names=()
 }
 
+# Everything scenarios of both lanes read is built here, once, before the lanes start (two lanes
+# building one cache at the same time would race): the test host images, the base image's
+# archive, the Dify stack's images and archive, the tiny models and the model servers' wheels.
 prepare_host() {
   scripts/ensure-test-tools.sh || return 1
   scripts/ensure-docker.sh || return 1
-  tests/images/build.sh
+  tests/images/build.sh || return 1
+  tests/images/archive.sh dify-test/base:debian13 || return 1
+  tests/images/stack/build.sh || return 1
+  MS_CACHE="$ROOT/.cache/model_servers" ansible-playbook -i localhost, -e "ansible_python_interpreter=$ROOT/.venv/bin/python" \
+    molecule/shared/tiny_models.yml
 }
 
 run_lint() {
@@ -134,29 +148,68 @@ scenarios() {
   echo "${all[@]}"
 }
 
-run_scenario() {
-  local s=$1 image
+# molecule/lanes: which scenarios may run at the same time (see the file). lane_of SCENARIO prints
+# its lane; lane_names the lanes in file order.
+lane_names() { grep -v '^\s*\(#\|$\)' molecule/lanes | awk '{print $1}'; }
+lane_of() { grep -v '^\s*#' molecule/lanes | awk -v s="$1" '{for (i = 2; i <= NF; i++) if ($i == s) print $1}'; }
+
+# Molecule runs scenarios with fixed instance names on the host network: two runs of one lane on
+# one machine would destroy each other's hosts. One lock per lane and machine serializes them (a
+# second run waits); the lanes themselves share nothing (molecule/lanes).
+MOLECULE_LOCK=${DIFY_TEST_MOLECULE_LOCK:-/tmp/dify-test-molecule}
+molecule_locked() {  # lane scenario
+  local lock="$MOLECULE_LOCK-$1.lock"
+  (
+    flock -n 9 || { echo "waiting for another Molecule run of lane $1 on this machine ($lock)"; flock 9; }
+    molecule test -s "$2"
+  ) 9>"$lock"
+}
+
+# One scenario, its result in $LOGDIR/molecule:<s>.rc ("rc seconds", or "skip why"); one progress
+# line on stdout. Collected by collect_scenarios.
+run_scenario() {  # lane scenario
+  local lane=$1 s=$2 image start rc name="molecule:$2"
   if [[ -f "molecule/$s/requires" ]]; then
     while read -r image; do
       [[ -z $image ]] && continue
       if ! docker image inspect "$image" >/dev/null 2>&1; then
-        echo "== molecule:$s skipped: image $image was not built (see tests/images/build.sh output)"
-        record "molecule:$s" SKIP 0 "(no $image)"
+        echo "== $name skipped: image $image was not built (see tests/images/build.sh output)"
+        echo "skip (no $image)" >"$LOGDIR/$name.rc"
         return 0
       fi
     done <"molecule/$s/requires"
   fi
-  step "molecule:$s" molecule_locked "$s"
+  echo "== $name: started in lane $lane (log: $LOGDIR/$name.log)"
+  start=$(date +%s)
+  molecule_locked "$lane" "$s" >"$LOGDIR/$name.log" 2>&1
+  rc=$?
+  echo "$rc $(($(date +%s) - start))" >"$LOGDIR/$name.rc"
+  echo "== $name: $([[ $rc -eq 0 ]] && echo passed || echo FAILED) in $(($(date +%s) - start))s (lane $lane)"
 }
 
-# Molecule runs scenarios with fixed instance names on the host network: two runs on one machine
-# destroy each other's hosts. One lock per machine serializes them (a second run waits).
-MOLECULE_LOCK=${DIFY_TEST_MOLECULE_LOCK:-/tmp/dify-test-molecule.lock}
-molecule_locked() {
-  (
-    flock -n 9 || { echo "waiting for another Molecule run on this machine ($MOLECULE_LOCK)"; flock 9; }
-    molecule test -s "$1"
-  ) 9>"$MOLECULE_LOCK"
+# The scenarios given, each lane's share in order, the lanes side by side (DIFY_TEST_LANES=1: one
+# lane after the other). A scenario without a lane fails the run: molecule/lanes must name it.
+run_scenarios() {  # scenario...
+  local lane s pids=() mine
+  for s in "$@"; do
+    rm -f "$LOGDIR/molecule:$s.rc"
+    [[ -n $(lane_of "$s") ]] && continue
+    echo "== molecule:$s has no lane in molecule/lanes" | tee "$LOGDIR/molecule:$s.log"
+    echo "1 0" >"$LOGDIR/molecule:$s.rc"
+  done
+  for lane in $(lane_names); do
+    mine=()
+    for s in "$@"; do [[ $(lane_of "$s") == "$lane" ]] && mine+=("$s"); done
+    [[ ${#mine[@]} -eq 0 ]] && continue
+    if [[ ${DIFY_TEST_LANES:-2} == 1 ]]; then
+      for s in "${mine[@]}"; do run_scenario "$lane" "$s"; done
+    else
+      ( for s in "${mine[@]}"; do run_scenario "$lane" "$s"; done ) &
+      pids+=("$!")
+    fi
+  done
+  [[ ${#pids[@]} -gt 0 ]] && wait "${pids[@]}"
+  for s in "$@"; do collect "molecule:$s"; done
 }
 
 summary() {
@@ -189,7 +242,8 @@ case "$what" in
       step integration run_integration
     fi
     if [[ $failed -eq 0 || ${DIFY_TEST_KEEP_GOING:-1} == 1 ]]; then
-      for s in $(scenarios); do run_scenario "$s"; done
+      # shellcheck disable=SC2046
+      run_scenarios $(scenarios)
     fi
     wait_background
     ;;
@@ -199,7 +253,7 @@ case "$what" in
   molecule)
     step host-prepare prepare_host
     if [[ $# -gt 0 ]]; then list=("$@"); else read -r -a list <<<"$(scenarios)"; fi
-    for s in "${list[@]}"; do run_scenario "$s"; done
+    run_scenarios "${list[@]}"
     ;;
   *) echo "usage: tests/run.sh [all|lint|unit|integration|molecule [scenario...]]" >&2; exit 2 ;;
 esac

@@ -19,6 +19,10 @@ tests="$(cd "$here/../.." && pwd)"
 out="${DIFY_STACK_IMAGE_DIR:-/var/cache/dify-test-images/stack}"
 base="dify-test/base:debian13"
 mkdir -p "$out"
+# one build at a time per machine (the scenarios' prepare calls this too; a second caller waits,
+# then finds everything current)
+exec 8>"$out/.build.lock"
+flock 8
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then
   echo "missing $base: run tests/images/build.sh debian13 first" >&2; exit 1
