@@ -149,8 +149,9 @@ scenarios() {
 }
 
 # molecule/lanes: which scenarios may run at the same time (see the file). lane_of SCENARIO prints
-# its lane; lane_names the lanes in file order.
+# its lane; lane_names the lanes in file order, lane_members LANE its scenarios in order.
 lane_names() { grep -v '^\s*\(#\|$\)' molecule/lanes | awk '{print $1}'; }
+lane_members() { grep -v '^\s*#' molecule/lanes | awk -v l="$1" '$1 == l {for (i = 2; i <= NF; i++) print $i}'; }
 lane_of() { grep -v '^\s*#' molecule/lanes | awk -v s="$1" '{for (i = 2; i <= NF; i++) if ($i == s) print $1}'; }
 
 # Molecule runs scenarios with fixed instance names on the host network: two runs of one lane on
@@ -199,7 +200,8 @@ run_scenarios() {  # scenario...
   done
   for lane in $(lane_names); do
     mine=()
-    for s in "$@"; do [[ $(lane_of "$s") == "$lane" ]] && mine+=("$s"); done
+    # the lane's order (molecule/lanes), of the scenarios asked for
+    for s in $(lane_members "$lane"); do [[ " $* " == *" $s "* ]] && mine+=("$s"); done
     [[ ${#mine[@]} -eq 0 ]] && continue
     if [[ ${DIFY_TEST_LANES:-2} == 1 ]]; then
       for s in "${mine[@]}"; do run_scenario "$lane" "$s"; done
@@ -227,15 +229,18 @@ what=${1:-all}
 [[ $# -gt 0 ]] && shift
 case "$what" in
   all)
-    step host-prepare prepare_host
     # pytest and ansible-lint use one core each, the scenarios wait on containers much of the time:
     # the real-Dify integration tests, the unit tests, lint and sanity run in the background from the
-    # start, beside the scenarios (their results are collected at the end).
+    # start, beside the engine and image builds and the scenarios (their results are collected at
+    # the end). They need the host's packages first (apt takes one caller at a time), not Docker.
     if [[ ${DIFY_TEST_PARALLEL:-1} == 1 ]]; then
+      step host-tools scripts/ensure-test-tools.sh
       step_background integration run_integration
       step_background unit run_unit
       step_background lint+sanity run_lint_and_sanity
+      step host-prepare prepare_host
     else
+      step host-prepare prepare_host
       step lint run_lint
       step sanity run_sanity
       step unit run_unit

@@ -671,6 +671,7 @@ def models_dir(python):
     if all(os.path.isfile(os.path.join(shared, f)) for f in ("SHA256SUMS", "minilm-l6-v2.gguf", "tiny-reranker.gguf")):
         return shared
     mine = os.path.join(CACHE, "models")
+    os.makedirs(CACHE, exist_ok=True)  # a cold cache: models_python() may have found the harness's venv
     with open(mine + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.isfile(os.path.join(mine, "SHA256SUMS")):
