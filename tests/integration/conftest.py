@@ -164,11 +164,13 @@ BOOTSTRAP_PLAYBOOK = """- name: Bootstrap Dify (integration test against real Di
 @pytest.fixture(scope="session")
 def bootstrap_vars(real_dify, plugin_packages, tmp_path_factory):
     """Role variables of a bootstrap against the harness's Dify: its model servers, offline plugin packages."""
-    creds = os.path.join(str(tmp_path_factory.mktemp("dify-host")), "bootstrap-credentials.yml")
+    host_dir = str(tmp_path_factory.mktemp("dify-host"))
+    creds = os.path.join(host_dir, "bootstrap-credentials.yml")
     return {
         "dify_bootstrap_url": real_dify.url,
         "dify_bootstrap_public_url": real_dify.public_url,
         "dify_bootstrap_credentials_file": creds,
+        "dify_bootstrap_facts_dir": os.path.join(host_dir, "facts.d"),
         "dify_bootstrap_import_credentials_dir": "",
         "dify_bootstrap_plugin_packages": {OAC_ID: plugin_packages[OAC_ID], TEI_ID: plugin_packages[TEI_ID]},
         "dify_bootstrap_plugin_wait_timeout": 600,

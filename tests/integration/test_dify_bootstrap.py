@@ -71,6 +71,7 @@ def test_check_mode_on_a_fresh_dify_changes_nothing(real_dify, run_bootstrap, bo
     assert run.changed.get("localhost", 0) > 0  # it reports what it would do
     assert DifyClient(real_dify.url).setup_status() == "not_started"
     assert not os.path.exists(bootstrap_vars["dify_bootstrap_credentials_file"])
+    assert not os.path.exists(bootstrap_vars["dify_bootstrap_facts_dir"])
 
 
 def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
@@ -116,6 +117,16 @@ def test_first_run_converges(real_dify, run_bootstrap, bootstrap_vars, state):
     for secret in (password, ds_key, app_key, base64.b64encode(password.encode()).decode()):
         assert secret not in run.stdout
     assert real_dify.public_url + "/chat/" in run.stdout  # the web app URL is reported
+    # the contract (dify_bootstrap.fact) the report and ingest.yml read later: URLs and paths, no secret
+    fact_file = os.path.join(bootstrap_vars["dify_bootstrap_facts_dir"], "dify_bootstrap.fact")
+    with open(fact_file) as fh:
+        fact = json.load(fh)
+    assert mode_of(fact_file) == 0o644
+    assert fact == {"url": real_dify.url, "public_url": real_dify.public_url, "admin_email": stored["admin_email"],
+                    "credentials_file": creds, "app_urls": {"Assistant": fact["app_urls"]["Assistant"]}}
+    assert fact["app_urls"]["Assistant"].startswith(real_dify.public_url + "/chat/")
+    for secret in (password, ds_key, app_key):
+        assert secret not in json.dumps(fact)
     # https public URLs: Dify names its cookies __Host-*, which the client sends itself over plain http
     assert "__Host-access_token" in client.cookies
     state.update(ds=ds, app=app, ds_key=ds_key, app_key=app_key, snapshot=snapshot(client))

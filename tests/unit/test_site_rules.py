@@ -329,6 +329,21 @@ def test_report_in_check_mode_says_what_a_run_would_give():
         assert secret not in text
 
 
+def test_report_run_alone_shows_the_chatbots_from_the_bootstraps_local_fact():
+    # playbooks/report.yml alone: no bootstrap ran in this run, its contract is dify_bootstrap.fact
+    hostvars, groups = report_site()
+    del hostvars["box"]["dify_bootstrap_app_urls"]
+    hostvars["box"]["ansible_local"] = {"dify_bootstrap": {
+        "admin_email": "ops@example.com", "credentials_file": "/srv/dify/bootstrap-credentials.yml",
+        "app_urls": {"Assistant": "https://dify.example.com/chat/FromTheFact1"}}}
+    text = "\n".join(sr.site_report(hostvars, groups))
+    assert "Chatbot 'Assistant' (shareable): https://dify.example.com/chat/FromTheFact1" in text
+    assert "the admin account: ops@example.com" in text and "box: /srv/dify/bootstrap-credentials.yml" in text
+    del hostvars["box"]["ansible_local"]   # never run: the preflight's declared values, no chatbot yet
+    text = "\n".join(sr.site_report(hostvars, groups))
+    assert "Chatbots: none published" in text and "the admin account: admin@example.com" in text
+
+
 def test_report_names_an_unhealthy_server():
     hostvars, groups = report_site()
     hostvars["box"]["__site_report_probe"]["results"][0].update(status=503)
