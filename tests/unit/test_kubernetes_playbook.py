@@ -93,3 +93,19 @@ def test_the_preflight_refuses_a_bad_input_before_helm_is_asked_anything(user_be
     assert "[role dify_kubernetes]" in out and "dify_upload_file_size_limit_mb" in out
     assert "PLAY [Dify on Kubernetes" not in out
     assert user_bench["calls"]() == []
+
+
+@pytest.mark.parametrize("bad, words", [
+    # dify_bootstrap's own checks (roles/dify_bootstrap/tasks/checks.yml), which the role itself would
+    # run only after helm: the preflight runs them first, with the endpoints dify_kubernetes hands it
+    ({"dify_bootstrap_datasets": [{"name": "K" * 41}]}, ["dify_bootstrap_datasets: '" + "K" * 41 + "' is invalid"]),
+    ({"dify_bootstrap_admin_email": "not-an-address"}, ["dify_bootstrap_admin_email must be a valid email address"]),
+])
+def test_the_preflight_runs_the_bootstraps_own_checks_before_helm(user_bench, bad, words):
+    proc = user_bench["run"]("-e", json.dumps(bad))
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    for w in words:
+        assert w in out, out[-3000:]
+    assert "PLAY [Dify on Kubernetes" not in out
+    assert user_bench["calls"]() == []

@@ -45,6 +45,10 @@ BAD = {
     "bad-argument": ({"gpu1.example.internal": {"nvidia_driver_require_gpu": "perhaps"}},
                      ["Preflight on gpu1.example.internal: role arguments", "[role nvidia_driver]",
                       "nvidia_driver_require_gpu"]),
+    # dify_bootstrap's own checks, which the role runs only after the stack is up: the preflight runs them first
+    "bad-knowledge-base": ({"dify1.example.internal": {"dify_bootstrap_datasets": [{"name": "Handbook " * 5}]}},
+                           ["dify_bootstrap_datasets: '" + "Handbook " * 5 + "' is invalid",
+                            "Names are unique and 1 to 40 characters (this one has 45)"]),
     # a cross-host rule: the host nginx on dify1 would refuse uploads Dify accepts
     "bad-upload-limit": ({"dify1.example.internal": {"nginx_client_max_body_size_mb": 1}},
                          ["Preflight: the inventory is not consistent across hosts",
