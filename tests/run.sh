@@ -167,9 +167,9 @@ molecule_locked() {  # lane scenario
 }
 
 # One scenario, its result in $LOGDIR/molecule:<s>.rc ("rc seconds", or "skip why"); one progress
-# line on stdout. Collected by collect_scenarios.
+# line on stdout. run_scenarios collects the results.
 run_scenario() {  # lane scenario
-  local lane=$1 s=$2 image start rc name="molecule:$2"
+  local lane=$1 s=$2 image start rc secs name="molecule:$2"
   if [[ -f "molecule/$s/requires" ]]; then
     while read -r image; do
       [[ -z $image ]] && continue
@@ -184,8 +184,9 @@ run_scenario() {  # lane scenario
   start=$(date +%s)
   molecule_locked "$lane" "$s" >"$LOGDIR/$name.log" 2>&1
   rc=$?
-  echo "$rc $(($(date +%s) - start))" >"$LOGDIR/$name.rc"
-  echo "== $name: $([[ $rc -eq 0 ]] && echo passed || echo FAILED) in $(($(date +%s) - start))s (lane $lane)"
+  secs=$(($(date +%s) - start))
+  echo "$rc $secs" >"$LOGDIR/$name.rc"
+  echo "== $name: $([[ $rc -eq 0 ]] && echo passed || echo FAILED) in ${secs}s (lane $lane)"
 }
 
 # The scenarios given, each lane's share in order, the lanes side by side (DIFY_TEST_LANES=1: one
